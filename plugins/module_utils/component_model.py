@@ -1,0 +1,169 @@
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The component model: one list of components drives identity, unit, seccomp, network policy,
+credentials and artifact. This module checks the cross-field rules that an argument spec cannot
+express and derives each component's full record (paths, identity) from the few fields a user sets.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+PROFILES = ("orchestrator", "executor", "model_backend", "custom")
+
+# Linux capabilities known to the kernels we target (6.1 and 6.12), without the CAP_ prefix.
+CAPABILITIES = (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+)
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+CREDENTIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+DEFAULT_ROOTS = {
+    "state": "/var/lib/kernelfence",
+    "config": "/etc/kernelfence",
+    "log": "/var/log/kernelfence",
+    "runtime": "/run/kernelfence",
+}
+# Writable paths a component may ask for beyond its own state directory.
+DEFAULT_WRITABLE_ROOTS = ("/var/lib/kernelfence/", "/srv/kernelfence/", "/var/log/kernelfence/",
+                          "/run/kernelfence/")
+
+
+class ModelError(ValueError):
+    """A component model error whose text names the component, the field and the fix."""
+
+
+def _fail(component: str, field: str, problem: str, fix: str) -> None:
+    raise ModelError(f"kernelfence_components[{component}].{field}: {problem}. Fix: {fix}")
+
+
+def normalize_capability(component: str, field: str, name: str) -> str:
+    """Return CAP_X for 'x', 'CAP_X' or 'cap_x'; reject names the kernel does not have."""
+    bare = str(name).upper().removeprefix("CAP_")
+    if bare not in CAPABILITIES:
+        _fail(component, field, f"unknown capability {name!r}",
+              "use a name from capabilities(7), e.g. CAP_NET_BIND_SERVICE")
+    return f"CAP_{bare}"
+
+
+def _check_path(component: str, field: str, path: str, roots: tuple[str, ...] | None) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        _fail(component, field, f"{path!r} is not an absolute path", "give an absolute path")
+    norm = posixpath.normpath(path)
+    if norm != path.rstrip("/") or ".." in path.split("/"):
+        _fail(component, field, f"{path!r} is not a normalized path",
+              f"write it as {norm!r}")
+    if roots is not None and not any((norm + "/").startswith(root) for root in roots):
+        _fail(component, field, f"{path!r} is outside the allowed roots {list(roots)}",
+              "move it under one of them or extend kernelfence_writable_roots")
+    return norm
+
+
+def normalize_component(raw: dict, roots: dict[str, str],
+                        writable_roots: tuple[str, ...]) -> dict:
+    """Derive the full record of one component from the fields the user set."""
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ModelError(f"kernelfence_components: component name {name!r} is invalid. Fix: use "
+                         "lower case letters, digits and '_', starting with a letter")
+    profile = raw.get("profile")
+    if profile not in PROFILES:
+        _fail(name, "profile", f"unknown profile {profile!r}",
+              f"use one of {', '.join(PROFILES)}")
+    user = raw.get("user") or f"kf-{name.replace('_', '-')}"
+    group = raw.get("group") or user
+    for field, value in (("user", user), ("group", group)):
+        if not USER_RE.match(value) or value == "root":
+            _fail(name, field, f"{value!r} is not a valid dedicated account name",
+                  "use a lower-case name of at most 32 characters that is not root")
+    state_dir = f"{roots['state']}/{name}"
+    state_paths = [_check_path(name, "state_paths", p, writable_roots)
+                   for p in raw.get("state_paths") or []]
+    readonly_paths = [_check_path(name, "readonly_paths", p, None)
+                      for p in raw.get("readonly_paths") or []]
+    caps = [normalize_capability(name, "capabilities", c) for c in raw.get("capabilities") or []]
+    credentials = []
+    for cred in raw.get("credentials") or []:
+        cred_name = cred.get("name", "")
+        if not CREDENTIAL_RE.match(cred_name):
+            _fail(name, "credentials.name", f"{cred_name!r} is not a valid credential name",
+                  "use letters, digits, '_', '.' or '-'")
+        credentials.append({"name": cred_name, "src": cred.get("src"),
+                            "encrypted": bool(cred.get("encrypted", False))})
+    return {
+        "name": name,
+        "profile": profile,
+        "command": raw.get("command"),
+        "user": user,
+        "group": group,
+        "state_dir": state_dir,
+        "config_dir": f"{roots['config']}/{name}",
+        "log_dir": f"{roots['log']}/{name}",
+        "runtime_dir": f"{roots['runtime']}/{name}",
+        "state_paths": state_paths,
+        "readonly_paths": readonly_paths,
+        "credentials": credentials,
+        "sockets": list(raw.get("sockets") or []),
+        "capabilities": caps,
+        "ambient_capabilities": bool(raw.get("ambient_capabilities", False)),
+        "syscalls": dict(raw.get("syscalls") or {}),
+        "network": dict(raw.get("network") or {}),
+    }
+
+
+def normalize_components(components: list[dict], roots: dict[str, str] | None = None,
+                         writable_roots: list[str] | None = None) -> list[dict]:
+    """Validate the whole model (cross-field rules included) and return the derived records."""
+    if not isinstance(components, list):
+        raise ModelError("kernelfence_components: must be a list of components. Fix: see the "
+                         "component model in the collection README")
+    roots = {**DEFAULT_ROOTS, **(roots or {})}
+    wroots = tuple(r.rstrip("/") + "/" for r in (writable_roots or DEFAULT_WRITABLE_ROOTS))
+    records = [normalize_component(raw, roots, wroots) for raw in components]
+    seen: dict[str, str] = {}
+    for rec in records:
+        if rec["name"] in seen:
+            _fail(rec["name"], "name", "two components share this name", "rename one of them")
+        seen[rec["name"]] = rec["name"]
+    owners: dict[str, str] = {}
+    for rec in records:
+        for field in ("user", "group"):
+            other = owners.get(f"{field}:{rec[field]}")
+            if other:
+                _fail(rec["name"], field, f"{rec[field]!r} is also the {field} of component "
+                      f"{other!r}", "give every component its own user and group")
+            owners[f"{field}:{rec[field]}"] = rec["name"]
+    names = set(seen)
+    for rec in records:
+        for sock in rec["sockets"]:
+            for peer in sock.get("allow") or []:
+                if peer not in names:
+                    _fail(rec["name"], f"sockets[{sock.get('name')}].allow",
+                          f"unknown component {peer!r}",
+                          f"name one of {', '.join(sorted(names))}")
+    return records
+
+
+def directories(records: list[dict]) -> list[dict]:
+    """Every directory the identity role owns, with least-privilege owner, group and mode."""
+    out = []
+    for rec in records:
+        out += [
+            {"path": rec["state_dir"], "owner": rec["user"], "group": rec["group"], "mode": "0700",
+             "component": rec["name"]},
+            {"path": rec["config_dir"], "owner": "root", "group": rec["group"], "mode": "0750",
+             "component": rec["name"]},
+            {"path": rec["log_dir"], "owner": rec["user"], "group": rec["group"], "mode": "0750",
+             "component": rec["name"]},
+        ]
+        out += [{"path": p, "owner": rec["user"], "group": rec["group"], "mode": "0700",
+                 "component": rec["name"]} for p in rec["state_paths"]]
+    return out

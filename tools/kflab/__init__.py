@@ -1,0 +1,1 @@
+"""Harness for the kernelfence lab VM and the molecule VM scenarios."""

@@ -1,0 +1,253 @@
+"""`./kf`: the lab VM, the whole test suite, and the VM primitives molecule calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import setup, vm
+from .common import CACHE, REPO, HarnessError, log, run
+from .image import DISTROS, ensure_image
+
+LAB_INSTANCE = "lab"
+SCENARIOS = {"default": "debian12", "debian13": "debian13"}
+
+
+def _tool(name: str) -> str:
+    return str(setup.venv_dir() / "bin" / name)
+
+
+def _prepare(with_tools: bool) -> threading.Thread | None:
+    setup.ensure_apt()
+    setup.ensure_venv()
+    if not with_tools:
+        return None
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            setup.ensure_tools()
+        except BaseException as exc:  # re-raised by the joiner
+            errors.append(exc)
+
+    thread = threading.Thread(target=build, name="tools", daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _join_tools(thread: threading.Thread | None) -> None:
+    if thread is None:
+        return
+    thread.join()
+    if thread.errors:  # type: ignore[attr-defined]
+        raise thread.errors[0]  # type: ignore[attr-defined]
+
+
+def _lab_inventory(info: dict) -> Path:
+    inv_dir = CACHE / "lab"
+    inv_dir.mkdir(parents=True, exist_ok=True)
+    inventory = {
+        "all": {"children": {"kernelfence": {"hosts": {LAB_INSTANCE: {
+            "ansible_host": info["address"], "ansible_port": info["port"],
+            "ansible_user": info["user"],
+            "ansible_ssh_private_key_file": info["identity_file"],
+            "ansible_ssh_common_args": " ".join(vm.SSH_OPTS),
+            "ansible_python_interpreter": "/usr/bin/python3",
+        }}}}},
+    }
+    path = inv_dir / "hosts.json"
+    path.write_text(json.dumps(inventory, indent=2))
+    return path
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    _prepare(with_tools=False)
+    info = vm.up(LAB_INSTANCE, args.distro)
+    inventory = _lab_inventory(info)
+    env = setup.tool_env()
+    group_vars = REPO / "inventory" / "example" / "group_vars"
+    # The lab host gets the example inventory's group_vars: the three reference components.
+    lab_vars = CACHE / "lab" / "group_vars"
+    if lab_vars.is_symlink() or lab_vars.exists():
+        lab_vars.unlink()
+    lab_vars.symlink_to(group_vars)
+    log("running site.yml against the lab VM")
+    run([_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "site.yml")],
+        env=env, cwd=REPO, timeout=3600)
+    audit = REPO / "playbooks" / "audit.yml"
+    if audit.exists():
+        run([_tool("ansible-playbook"), "-i", str(inventory), str(audit)], env=env, cwd=REPO,
+            timeout=3600)
+    login = shlex.join(vm.ssh_argv(info))
+    print(f"\nLab VM '{LAB_INSTANCE}' ({info['distro']}, systemd {info['systemd']}) is up.\n"
+          f"  log in:    {login}\n"
+          f"  inventory: {inventory}\n"
+          f"  re-run:    ANSIBLE_CONFIG={REPO / 'ansible.cfg'} {_tool('ansible-playbook')} "
+          f"-i {inventory} {REPO / 'site.yml'}\n"
+          f"  tear down: ./kf lab-down\n")
+    return 0
+
+
+def cmd_lab_down(_: argparse.Namespace) -> int:
+    removed = vm.down(LAB_INSTANCE)
+    print("lab VM removed" if removed else "no lab VM was running")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    _join_tools(_prepare(with_tools=not args.no_tools))
+    for distro in args.images:
+        ensure_image(distro)
+    return 0
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        info = vm.up(args.name, args.distro, memory_mb=args.memory)
+        print(json.dumps(info))
+    elif args.action == "down":
+        names = vm.down_all() if args.name == "ALL" else [args.name] * vm.down(args.name)
+        print(json.dumps({"removed": names}))
+    else:
+        print(json.dumps(vm.status(), indent=2))
+    return 0
+
+
+class Stages:
+    """Runs named stages, keeps going after a failure, and prints one closing count."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, bool, float]] = []
+
+    def run(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path = REPO,
+            timeout: float = 3600) -> bool:
+        log(f"stage {name}: {shlex.join(argv)}")
+        began = time.monotonic()
+        try:
+            ok = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout).returncode == 0
+        except subprocess.TimeoutExpired:
+            log(f"stage {name} timed out after {timeout:.0f}s")
+            ok = False
+        self.record(name, ok, time.monotonic() - began)
+        return ok
+
+    def record(self, name: str, ok: bool, seconds: float) -> None:
+        self.results.append((name, ok, seconds))
+        log(f"stage {name}: {'PASSED' if ok else 'FAILED'} in {seconds:.0f}s")
+
+    def report(self) -> int:
+        print("\nkf test stages:")
+        for name, ok, seconds in self.results:
+            print(f"  {'PASS' if ok else 'FAIL'}  {seconds:7.0f}s  {name}")
+        passed = sum(ok for _, ok, _ in self.results)
+        failed = len(self.results) - passed
+        print(f"stages: {passed} passed, {failed} failed")
+        return 0 if failed == 0 and passed > 0 else 1
+
+
+def _sanity_tree(env: dict[str, str]) -> Path:
+    """ansible-test needs the collection at ansible_collections/<ns>/<name>; copy tracked files."""
+    top = Path(tempfile.mkdtemp(prefix="kf-sanity-"))
+    dest = top / "ansible_collections" / "kernelfence" / "isolation"
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], capture=True, cwd=REPO,
+                env=env).stdout.splitlines()
+    for rel in files:
+        src = REPO / rel
+        if src.is_symlink() or not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    run(["git", "init", "-q"], cwd=dest, env=env)
+    run(["git", "add", "-A"], cwd=dest, env=env)
+    return top
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    tools = _prepare(with_tools=True)
+    env = setup.tool_env()
+    stages = Stages()
+    wanted = args.scenarios or list(SCENARIOS)
+    # Images build while the tools compile: one waits on the network and disk, the other on CPU.
+    for scenario in wanted:
+        began = time.monotonic()
+        try:
+            ensure_image(SCENARIOS[scenario])
+            stages.record(f"image {SCENARIOS[scenario]}", True, time.monotonic() - began)
+        except HarnessError as exc:
+            log(str(exc))
+            stages.record(f"image {SCENARIOS[scenario]}", False, time.monotonic() - began)
+    if not args.skip_static:
+        stages.run("ruff", [_tool("ruff"), "check", "."], env=env)
+        stages.run("ansible-lint (production)",
+                   [_tool("ansible-lint"), "--offline", "--profile", "production"], env=env)
+        sanity = _sanity_tree(env)
+        try:
+            stages.run("ansible-test sanity",
+                       [_tool("ansible-test"), "sanity", "--python", "3.11", "--venv",
+                        "--requirements", "--color", "no"],
+                       env=env, cwd=sanity / "ansible_collections/kernelfence/isolation")
+        finally:
+            shutil.rmtree(sanity, ignore_errors=True)
+        stages.run("galaxy build+install", [sys.executable, "-m", "tools.kflab.galaxy"], env=env)
+    stages.run("pytest tests/unit", [_tool("pytest"), "-q", "tests/unit"], env=env)
+    began = time.monotonic()
+    try:
+        _join_tools(tools)
+        stages.record("pinned tools (cosign, syft, cargo-audit)", True, time.monotonic() - began)
+    except HarnessError as exc:
+        log(str(exc))
+        stages.record("pinned tools (cosign, syft, cargo-audit)", False,
+                      time.monotonic() - began)
+    for scenario in wanted:
+        stages.run(f"molecule test -s {scenario}",
+                   [_tool("molecule"), "test", "-s", scenario], env=env, timeout=2400)
+    return stages.report()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    lab = sub.add_parser("lab", help="boot the lab VM, deploy site.yml, show the audit")
+    lab.add_argument("--distro", choices=sorted(DISTROS), default="debian12")
+    lab.set_defaults(func=cmd_lab)
+    sub.add_parser("lab-down", help="destroy the lab VM").set_defaults(func=cmd_lab_down)
+    test = sub.add_parser("test", help="static gates, unit tests and every VM scenario")
+    test.add_argument("--scenario", dest="scenarios", action="append",
+                      choices=sorted(SCENARIOS), help="run only this scenario (repeatable)")
+    test.add_argument("--skip-static", action="store_true", help="development shortcut")
+    test.set_defaults(func=cmd_test)
+    st = sub.add_parser("setup", help="install packages, the virtualenv and pinned tools")
+    st.add_argument("--no-tools", action="store_true")
+    st.add_argument("--image", dest="images", action="append", default=[],
+                    choices=sorted(DISTROS))
+    st.set_defaults(func=cmd_setup)
+    vmp = sub.add_parser("vm", help="VM primitives used by molecule create/destroy")
+    vmp.add_argument("action", choices=["up", "down", "status"])
+    vmp.add_argument("--name", default="ALL")
+    vmp.add_argument("--distro", choices=sorted(DISTROS), default="debian12")
+    vmp.add_argument("--memory", type=int, default=2048)
+    vmp.set_defaults(func=cmd_vm)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HarnessError as exc:
+        print(f"kf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kf: interrupted; `./kf vm down` removes any VM left behind", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.chdir(REPO)
+    sys.exit(main())

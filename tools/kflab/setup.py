@@ -1,0 +1,143 @@
+"""Install what the lab and the tests need, from Debian, PyPI, crates.io and the Go proxy only.
+
+Everything lands under the cache directory keyed by its pin, so a warm machine reuses it and
+a changed pin installs the new version beside nothing stale.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .common import CACHE, REPO, HarnessError, log, run, sha256_of
+
+# Host commands and the Debian packages that provide them.
+APT_COMMANDS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-img": "qemu-utils",
+    "debootstrap": "debootstrap",
+    "mkfs.ext4": "e2fsprogs",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "nft": "nftables",
+    "bwrap": "bubblewrap",
+    "pscap": "libcap-ng-utils",
+    "systemd-analyze": "systemd",
+    "git": "git",
+}
+# Pinned test tools. cosign 2.6.5 is the newest 2.x and postdates the published advisories
+# against 2.x bundle verification; syft and cargo-audit are the newest releases at pinning.
+GO_TOOLS = {
+    "cosign": ("github.com/sigstore/cosign/v2/cmd/cosign", "v2.6.5"),
+    "syft": ("github.com/anchore/syft/cmd/syft", "v1.57.0"),
+}
+CARGO_TOOLS = {"cargo-audit": "0.22.2"}
+MIN_GO = (1, 24)
+
+TOOLS = CACHE / "tools"
+
+
+def venv_dir() -> Path:
+    key = sha256_of((REPO / "requirements.txt").read_bytes(), sys.version.encode())[:12]
+    return CACHE / "venv" / key
+
+
+def tool_env() -> dict[str, str]:
+    """Environment in which the venv's ansible/molecule/pytest and the pinned tools come first."""
+    env = dict(os.environ)
+    paths = [str(venv_dir() / "bin"), str(TOOLS / "bin"), str(TOOLS / "cargo" / "bin")]
+    env["PATH"] = os.pathsep.join(paths + [env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(venv_dir())
+    env["KF_CACHE"] = str(CACHE)
+    env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    env.setdefault("ANSIBLE_FORCE_COLOR", "0")
+    return env
+
+
+def ensure_apt() -> None:
+    missing = sorted({pkg for cmd, pkg in APT_COMMANDS.items() if not shutil.which(cmd)})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise HarnessError(f"missing Debian packages {', '.join(missing)}; run as root or "
+                           f"`apt-get install {' '.join(missing)}`")
+    log(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["apt-get", "update", "-qq"], timeout=600, env=env)
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+        timeout=1200, env=env)
+
+
+def ensure_venv() -> Path:
+    venv = venv_dir()
+    marker = venv / ".complete"
+    if marker.exists():
+        return venv
+    log(f"creating controller virtualenv {venv}")
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "venv", str(venv)], timeout=300)
+    run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(REPO / "requirements.txt")],
+        timeout=1800)
+    marker.write_text("ok\n")
+    return venv
+
+
+def _go_version() -> tuple[int, int]:
+    if not shutil.which("go"):
+        return (0, 0)
+    out = run(["go", "env", "GOVERSION"], capture=True, timeout=60).stdout.strip()
+    parts = out.removeprefix("go").split(".")
+    return (int(parts[0]), int(parts[1])) if len(parts) >= 2 else (0, 0)
+
+
+def _pin_marker(name: str, version: str) -> Path:
+    return TOOLS / "pins" / f"{name}@{version}"
+
+
+def install_tools_commands() -> list[tuple[str, list[str], dict[str, str]]]:
+    """The (name, argv, env) of every pinned tool that is not yet installed at its pin."""
+    jobs = []
+    for name, (module, version) in GO_TOOLS.items():
+        if not _pin_marker(name, version).exists() or not (TOOLS / "bin" / name).exists():
+            env = dict(os.environ, GOBIN=str(TOOLS / "bin"), CGO_ENABLED="0", GOFLAGS="-trimpath")
+            jobs.append((f"{name}@{version}", ["go", "install", f"{module}@{version}"], env))
+    for name, version in CARGO_TOOLS.items():
+        if not _pin_marker(name, version).exists() or not (TOOLS / "cargo/bin" / name).exists():
+            jobs.append((f"{name}@{version}",
+                         ["cargo", "install", "--locked", "--quiet", "--version", version,
+                          "--no-default-features", "--root", str(TOOLS / "cargo"), name],
+                         dict(os.environ)))
+    return jobs
+
+
+def ensure_tools() -> None:
+    """Build the pinned tools; Go ones and the Rust one in parallel (they compete only for CPU)."""
+    jobs = install_tools_commands()
+    if not jobs:
+        return
+    if any(job[0].startswith(tuple(GO_TOOLS)) for job in jobs) and _go_version() < MIN_GO:
+        raise HarnessError(f"Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build cosign and syft; "
+                           f"found {_go_version()}")
+    if any(job[0].startswith("cargo-audit") for job in jobs) and not shutil.which("cargo"):
+        raise HarnessError("cargo (Rust >= 1.88) is needed to build cargo-audit")
+    (TOOLS / "pins").mkdir(parents=True, exist_ok=True)
+    (TOOLS / "logs").mkdir(parents=True, exist_ok=True)
+    procs = []
+    for label, argv, env in jobs:
+        log(f"building {label} (first run only)")
+        logf = open(TOOLS / "logs" / f"{label}.log", "w")
+        procs.append((label, subprocess.Popen(argv, env=env, stdout=logf, stderr=logf), logf))
+    failed = []
+    for label, proc, logf in procs:
+        rc = proc.wait(timeout=3600)
+        logf.close()
+        if rc == 0:
+            _pin_marker(*label.split("@")).write_text("ok\n")
+        else:
+            failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
+    if failed:
+        raise HarnessError("tool build failed: " + ", ".join(failed))
