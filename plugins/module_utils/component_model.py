@@ -63,7 +63,7 @@ def _check_path(component: str, field: str, path: str, roots: tuple[str, ...] | 
               f"write it as {norm!r}")
     if roots is not None and not any((norm + "/").startswith(root) for root in roots):
         _fail(component, field, f"{path!r} is outside the allowed roots {list(roots)}",
-              "move it under one of them or extend kernelfence_writable_roots")
+              "move it under one of them or extend component_model_writable_roots")
     return norm
 
 
@@ -153,8 +153,19 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
 
 
 def directories(records: list[dict]) -> list[dict]:
-    """Every directory the identity role owns, with least-privilege owner, group and mode."""
+    """Every directory the identity role owns, with least-privilege owner, group and mode.
+
+    The shared roots (parents of the per-component directories) come first, root-owned 0755.
+    """
     out = []
+    roots = []
+    for rec in records:
+        for key in ("state_dir", "config_dir", "log_dir"):
+            parent = posixpath.dirname(rec[key])
+            if parent not in roots:
+                roots.append(parent)
+    out += [{"path": p, "owner": "root", "group": "root", "mode": "0755", "component": None}
+            for p in roots]
     for rec in records:
         out += [
             {"path": rec["state_dir"], "owner": rec["user"], "group": rec["group"], "mode": "0700",

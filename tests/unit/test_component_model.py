@@ -45,4 +45,7 @@ def test_directories_are_least_privilege():
     # Config is root-owned so a compromised component cannot rewrite its own configuration.
     assert by_path["/etc/kernelfence/orchestrator"]["owner"] == "root"
     assert by_path["/srv/kernelfence/orch-cache"]["mode"] == "0700"
-    assert not any(d["mode"][-1] != "0" for d in by_path.values()), "no directory is world-accessible"
+    # Only the shared roots are traversable by others; nothing of a component is.
+    assert by_path["/var/lib/kernelfence"] == {"path": "/var/lib/kernelfence", "owner": "root",
+                                               "group": "root", "mode": "0755", "component": None}
+    assert all(d["mode"][-1] == "0" for d in by_path.values() if d["component"])
