@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-
 from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
     ModelError,
     directories,

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
     ModelError,
     directories,

@@ -29,6 +29,7 @@ def _tool(name: str) -> str:
 def _prepare(with_tools: bool) -> threading.Thread | None:
     setup.ensure_apt()
     setup.ensure_venv()
+    setup.ensure_ansible_test_bootstrap()
     if not with_tools:
         return None
     errors: list[BaseException] = []
@@ -36,8 +37,8 @@ def _prepare(with_tools: bool) -> threading.Thread | None:
     def build() -> None:
         try:
             setup.ensure_tools()
-        except BaseException as exc:  # re-raised by the joiner
-            errors.append(exc)
+        except (HarnessError, OSError, subprocess.SubprocessError) as exc:
+            errors.append(exc)  # re-raised in the main thread by _join_tools
 
     thread = threading.Thread(target=build, name="tools", daemon=True)
     thread.errors = errors  # type: ignore[attr-defined]
@@ -98,7 +99,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lab_down(_: argparse.Namespace) -> int:
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    del args
     removed = vm.down(LAB_INSTANCE)
     print("lab VM removed" if removed else "no lab VM was running")
     return 0
@@ -134,7 +136,8 @@ class Stages:
         log(f"stage {name}: {shlex.join(argv)}")
         began = time.monotonic()
         try:
-            ok = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout).returncode == 0
+            proc = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout, check=False)
+            ok = proc.returncode == 0
         except subprocess.TimeoutExpired:
             log(f"stage {name} timed out after {timeout:.0f}s")
             ok = False
@@ -149,21 +152,46 @@ class Stages:
         print("\nkf test stages:")
         for name, ok, seconds in self.results:
             print(f"  {'PASS' if ok else 'FAIL'}  {seconds:7.0f}s  {name}")
-        passed = sum(ok for _, ok, _ in self.results)
+        passed = sum(1 for result in self.results if result[1])
         failed = len(self.results) - passed
         print(f"stages: {passed} passed, {failed} failed")
         return 0 if failed == 0 and passed > 0 else 1
 
 
+def _not_shipped(rel: str) -> bool:
+    if rel.startswith("tests/unit/"):
+        return False
+    first = rel.split("/", 1)[0]
+    ignored = yaml_build_ignore()
+    return first in ignored or rel in ignored
+
+
+def yaml_build_ignore() -> set[str]:
+    """Top-level names in galaxy.yml's build_ignore (a flat list; read without PyYAML)."""
+    names, inside = set(), False
+    for line in (REPO / "galaxy.yml").read_text().splitlines():
+        if line.startswith("build_ignore:"):
+            inside = True
+        elif inside and line.startswith("  - "):
+            names.add(line[4:].strip().strip('"'))
+        elif inside and line and not line.startswith(" "):
+            inside = False
+    return names
+
+
 def _sanity_tree(env: dict[str, str]) -> Path:
-    """ansible-test needs the collection at ansible_collections/<ns>/<name>; copy tracked files."""
+    """The files the collection ships, plus tests/unit, at ansible_collections/<ns>/<name>.
+
+    ansible-test checks a collection; the harness (tools/, kf) and the molecule/testinfra
+    content are build_ignore'd, never shipped, and linted by ruff and ansible-lint instead.
+    """
     top = Path(tempfile.mkdtemp(prefix="kf-sanity-"))
     dest = top / "ansible_collections" / "kernelfence" / "isolation"
     files = run(["git", "ls-files", "-co", "--exclude-standard"], capture=True, cwd=REPO,
                 env=env).stdout.splitlines()
     for rel in files:
         src = REPO / rel
-        if src.is_symlink() or not src.is_file():
+        if src.is_symlink() or not src.is_file() or _not_shipped(rel):
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest / rel)
@@ -193,8 +221,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         sanity = _sanity_tree(env)
         try:
             stages.run("ansible-test sanity",
-                       [_tool("ansible-test"), "sanity", "--python", "3.11", "--venv",
-                        "--requirements", "--color", "no"],
+                       [_tool("ansible-test"), "sanity", "--python", "3.11", "--color", "no"],
                        env=env, cwd=sanity / "ansible_collections/kernelfence/isolation")
         finally:
             shutil.rmtree(sanity, ignore_errors=True)

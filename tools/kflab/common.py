@@ -28,7 +28,7 @@ def run(argv: list[str], *, timeout: float | None = None, check: bool = True,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run argv with a bound; a timeout or failure becomes a HarnessError naming the command."""
     try:
-        proc = subprocess.run(argv, timeout=timeout, text=True, env=env, cwd=cwd,
+        proc = subprocess.run(argv, timeout=timeout, text=True, env=env, cwd=cwd, check=False,
                               stdout=subprocess.PIPE if capture else None,
                               stderr=subprocess.PIPE if capture else None)
     except subprocess.TimeoutExpired as exc:

@@ -31,7 +31,8 @@ def main() -> int:
         missing = [name for name in REQUIRED if name not in names]
         leaked = sorted(name for name in names if name.startswith(FORBIDDEN_PREFIXES))
         if missing or leaked:
-            raise HarnessError(f"tarball content wrong: missing {missing}, should not ship {leaked}")
+            raise HarnessError(f"tarball content wrong: missing {missing}, "
+                               f"should not ship {leaked}")
         target = work / "collections"
         run([str(venv_dir() / "bin/ansible-galaxy"), "collection", "install", "--offline",
              "-p", str(target), str(tarballs[0])], env=env, timeout=300)

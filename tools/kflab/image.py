@@ -68,7 +68,8 @@ def ssh_keypair() -> Path:
     key = CACHE / "ssh" / "id_ed25519"
     if not key.exists():
         key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kernelfence-lab", "-f", str(key)])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "kernelfence-lab",
+             "-f", str(key)])
     return key
 
 

@@ -6,7 +6,9 @@ a changed pin installs the new version beside nothing stale.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,10 +31,12 @@ APT_COMMANDS = {
     "git": "git",
 }
 # Pinned test tools. cosign 2.6.5 is the newest 2.x and postdates the published advisories
-# against 2.x bundle verification; syft and cargo-audit are the newest releases at pinning.
+# against 2.x bundle verification; cargo-audit is the newest release at pinning; syft 1.50.0
+# is the newest whose whole module graph the Go proxy serves here (1.57.0 needs versions
+# the proxy answers 403 for).
 GO_TOOLS = {
     "cosign": ("github.com/sigstore/cosign/v2/cmd/cosign", "v2.6.5"),
-    "syft": ("github.com/anchore/syft/cmd/syft", "v1.57.0"),
+    "syft": ("github.com/anchore/syft/cmd/syft", "v1.50.0"),
 }
 CARGO_TOOLS = {"cargo-audit": "0.22.2"}
 MIN_GO = (1, 24)
@@ -49,7 +53,7 @@ def tool_env() -> dict[str, str]:
     """Environment in which the venv's ansible/molecule/pytest and the pinned tools come first."""
     env = dict(os.environ)
     paths = [str(venv_dir() / "bin"), str(TOOLS / "bin"), str(TOOLS / "cargo" / "bin")]
-    env["PATH"] = os.pathsep.join(paths + [env.get("PATH", "")])
+    env["PATH"] = os.pathsep.join([*paths, env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(venv_dir())
     env["KF_CACHE"] = str(CACHE)
     env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
@@ -84,6 +88,21 @@ def ensure_venv() -> Path:
         timeout=1800)
     marker.write_text("ok\n")
     return venv
+
+
+def ensure_ansible_test_bootstrap() -> None:
+    """Give ansible-test its pip bootstrap script without the download it cannot make here."""
+    source = venv_dir() / "lib"
+    pattern = "python3*/site-packages/ansible_test/_internal/python_requirements.py"
+    found = list(source.glob(pattern))
+    if not found:
+        raise HarnessError(f"ansible-test not found in {venv_dir()}")
+    match = re.search(r"pip='([0-9.]+)'", found[0].read_text())
+    if not match:
+        raise HarnessError(f"cannot read the pip version ansible-test bootstraps from {found[0]}")
+    target = Path.home() / ".ansible/test/cache" / f"get_pip_{match.group(1).replace('.', '_')}.py"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(__file__).with_name("get_pip_offline.py"), target)
 
 
 def _go_version() -> tuple[int, int]:
@@ -126,18 +145,17 @@ def ensure_tools() -> None:
         raise HarnessError("cargo (Rust >= 1.88) is needed to build cargo-audit")
     (TOOLS / "pins").mkdir(parents=True, exist_ok=True)
     (TOOLS / "logs").mkdir(parents=True, exist_ok=True)
-    procs = []
-    for label, argv, env in jobs:
-        log(f"building {label} (first run only)")
-        logf = open(TOOLS / "logs" / f"{label}.log", "w")
-        procs.append((label, subprocess.Popen(argv, env=env, stdout=logf, stderr=logf), logf))
     failed = []
-    for label, proc, logf in procs:
-        rc = proc.wait(timeout=3600)
-        logf.close()
-        if rc == 0:
-            _pin_marker(*label.split("@")).write_text("ok\n")
-        else:
-            failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for label, argv, env in jobs:
+            log(f"building {label} (first run only)")
+            logf = stack.enter_context(open(TOOLS / "logs" / f"{label}.log", "w"))
+            procs.append((label, subprocess.Popen(argv, env=env, stdout=logf, stderr=logf)))
+        for label, proc in procs:
+            if proc.wait(timeout=3600) == 0:
+                _pin_marker(*label.split("@")).write_text("ok\n")
+            else:
+                failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
     if failed:
         raise HarnessError("tool build failed: " + ", ".join(failed))

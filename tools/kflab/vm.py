@@ -104,7 +104,8 @@ def _wait_for_ssh(info: dict, path: Path, pid: int, deadline: float) -> None:
         except OSError:
             banner = b""
         if banner.startswith(b"SSH-"):
-            probe = subprocess.run(ssh_argv(info, "true"), timeout=30, capture_output=True)
+            probe = subprocess.run(ssh_argv(info, "true"), timeout=30, capture_output=True,
+                                   check=False)
             if probe.returncode == 0:
                 return
         time.sleep(2)
@@ -139,7 +140,8 @@ def qemu_argv(name: str, path: Path, image, accel: str, port: int, memory_mb: in
         "-serial", f"file:{path / 'console.log'}",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),
         "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet",
-        "-drive", f"file={path / 'overlay.qcow2'},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+        "-drive",
+        f"file={path / 'overlay.qcow2'},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
         "-device", "virtio-rng-pci",
         # restrict=on: the guest reaches nothing outside itself; only the SSH forward comes in,
         # and it listens on the host's loopback alone.

@@ -34,6 +34,6 @@ def as_user(host, user, code):
 def listdir_errno(host, user, path):
     """'OK' when the user can list path, else the errno name the kernel returned."""
     code = ("import errno, os\n"
-            "try:\n    os.listdir(%r)\n    print('OK')\n"
-            "except OSError as e:\n    print(errno.errorcode[e.errno])" % path)
+            f"try:\n    os.listdir({path!r})\n    print('OK')\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])")
     return as_user(host, user, code)
