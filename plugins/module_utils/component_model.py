@@ -142,13 +142,25 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
                       f"{other!r}", "give every component its own user and group")
             owners[f"{field}:{rec[field]}"] = rec["name"]
     names = set(seen)
+    by_name = {rec["name"]: rec for rec in records}
+    for rec in records:
+        rec["client_group"] = f"{rec['group']}-clients"[:32] if rec["sockets"] else None
+        rec["client_of"] = []
+        rec["connects_to"] = []
     for rec in records:
         for sock in rec["sockets"]:
+            if not CREDENTIAL_RE.match(str(sock.get("name", ""))):
+                _fail(rec["name"], "sockets.name", f"{sock.get('name')!r} is not a file name",
+                      "use letters, digits, '_', '.' or '-'")
             for peer in sock.get("allow") or []:
                 if peer not in names:
                     _fail(rec["name"], f"sockets[{sock.get('name')}].allow",
                           f"unknown component {peer!r}",
                           f"name one of {', '.join(sorted(names))}")
+                if rec["client_group"] not in by_name[peer]["client_of"]:
+                    by_name[peer]["client_of"].append(rec["client_group"])
+                    by_name[peer]["connects_to"].append(rec["name"])
+            sock["path"] = f"{rec['runtime_dir']}/{sock['name']}"
     return records
 
 

@@ -9,7 +9,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / ".collections"))
 
-from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (  # noqa: E402
+from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
     normalize_components,
 )
 
@@ -37,3 +37,40 @@ def listdir_errno(host, user, path):
             f"try:\n    os.listdir({path!r})\n    print('OK')\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])")
     return as_user(host, user, code)
+
+
+def systemd_version(host):
+    return int(host.run("systemctl --version").stdout.split()[1])
+
+
+def unit_pids(host, unit):
+    """Every process of the unit, read from its cgroup (host PIDs, whatever namespace they use)."""
+    cmd = host.run("cat /sys/fs/cgroup/system.slice/%s/cgroup.procs", unit)
+    assert cmd.rc == 0, f"{unit} has no cgroup: {cmd.stderr}"
+    return [int(p) for p in cmd.stdout.split()]
+
+
+def proc_status(host, pid):
+    """/proc/PID/status of the process and of each of its threads, as dicts."""
+    out = host.run(
+        "for t in /proc/%s/task/*; do echo \"== $t\"; cat $t/status; done", str(pid)).stdout
+    threads, current = [], None
+    for line in out.splitlines():
+        if line.startswith("== "):
+            current = {"task": line[3:]}
+            threads.append(current)
+        elif ":" in line and current is not None:
+            key, _, value = line.partition(":")
+            current[key] = value.strip()
+    return threads
+
+
+def ns_ids(host, pid):
+    names = ["pid", "ipc", "mnt", "net", "uts", "user", "cgroup"]
+    out = host.run("for n in %s; do readlink /proc/%s/ns/$n; done", " ".join(names),
+                   str(pid)).stdout.split()
+    return dict(zip(names, out, strict=True))
+
+
+def exe(host, pid):
+    return host.run("readlink /proc/%s/exe", str(pid)).stdout.strip()

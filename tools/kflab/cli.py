@@ -227,6 +227,8 @@ def cmd_test(args: argparse.Namespace) -> int:
             shutil.rmtree(sanity, ignore_errors=True)
         stages.run("galaxy build+install", [sys.executable, "-m", "tools.kflab.galaxy"], env=env)
     stages.run("pytest tests/unit", [_tool("pytest"), "-q", "tests/unit"], env=env)
+    stages.run("pytest tests/harness (real qemu cleanup)", [_tool("pytest"), "-q", "tests/harness"],
+               env=env)
     began = time.monotonic()
     try:
         _join_tools(tools)

@@ -12,9 +12,10 @@ from .common import REPO, HarnessError, log, run
 from .setup import tool_env, venv_dir
 
 # Files a built collection must carry, and files it must never carry.
-REQUIRED = ["galaxy.yml", "MANIFEST.json", "FILES.json", "meta/runtime.yml", "playbooks/site.yml",
+REQUIRED = ["MANIFEST.json", "FILES.json", "meta/runtime.yml", "playbooks/site.yml",
             "README.md"]
-FORBIDDEN_PREFIXES = ("molecule/", "tests/", "tools/", ".ci/", ".collections/", "bench/")
+FORBIDDEN_PREFIXES = ("molecule/", "tests/", "tools/", ".ci/", ".collections/", "bench/",
+                      "demo/")
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ GUEST_PACKAGES = [
     "openssh-server", "python3", "python3-apt", "sudo", "ca-certificates",
     "initramfs-tools", "linux-image-cloud-amd64", "e2fsprogs",
     "nftables", "bubblewrap", "libcap-ng-utils", "libcap2-bin", "libseccomp2",
-    "acl", "attr", "util-linux", "iputils-ping", "strace",
+    "acl", "attr", "util-linux", "iputils-ping", "strace", "python3-cryptography",
 ]
 
 

@@ -1,0 +1,30 @@
+"""Demo tool executor: runs the job it is handed (a real `cargo audit`) and returns the report."""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kfdemo
+
+CARGO_AUDIT = os.environ.get("KF_CARGO_AUDIT", "/usr/local/bin/cargo-audit")
+WORKSPACE = os.environ.get("KF_WORKSPACE", "/srv/kernelfence/executor")
+
+
+def run_job(request: dict) -> dict:
+    if request.get("job") != "cargo-audit":
+        return {"error": f"unknown job {request.get('job')!r}"}
+    argv = [CARGO_AUDIT, "audit", "--db", os.path.join(WORKSPACE, "advisory-db"), "--no-fetch",
+            "--json", "--file", os.path.join(WORKSPACE, "Cargo.lock")]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        return {"error": "cargo audit gave no report", "rc": proc.returncode,
+                "stderr": proc.stderr[-2000:]}
+    return {"rc": proc.returncode, "report": report}
+
+
+if __name__ == "__main__":
+    kfdemo.serve(run_job)

@@ -1,0 +1,160 @@
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Hardening profiles as data, and the one pipeline that renders a component's systemd unit.
+
+A profile is a small set of relaxations of one strict base. Every relaxation is named here with
+its reason, so the rendered unit documents which default a profile gave up and why. The same
+record renders differently per systemd version only where the version lacks a directive:
+`PrivatePIDs=` exists from systemd 257; on older systemd a bubblewrap wrapper gives the same
+PID and IPC namespaces, and the unit admits exactly the namespaces the wrapper creates.
+"""
+
+from __future__ import annotations
+
+# Directives every component gets unless its profile relaxes one (in rendering order).
+BASE: list[tuple[str, str]] = [
+    ("NoNewPrivileges", "yes"),
+    ("CapabilityBoundingSet", ""),
+    ("AmbientCapabilities", ""),
+    ("ProtectSystem", "strict"),
+    ("ProtectHome", "yes"),
+    ("PrivateTmp", "yes"),
+    ("PrivateDevices", "yes"),
+    ("DevicePolicy", "closed"),
+    ("PrivateIPC", "yes"),
+    ("PrivateMounts", "yes"),
+    ("PrivateUsers", "yes"),
+    ("ProtectProc", "invisible"),
+    ("ProcSubset", "pid"),
+    ("ProtectKernelTunables", "yes"),
+    ("ProtectKernelModules", "yes"),
+    ("ProtectKernelLogs", "yes"),
+    ("ProtectClock", "yes"),
+    ("ProtectControlGroups", "yes"),
+    ("ProtectHostname", "yes"),
+    ("RestrictNamespaces", "yes"),
+    ("RestrictSUIDSGID", "yes"),
+    ("RestrictRealtime", "yes"),
+    ("LockPersonality", "yes"),
+    ("MemoryDenyWriteExecute", "yes"),
+    ("SystemCallArchitectures", "native"),
+    ("KeyringMode", "private"),
+    ("RemoveIPC", "yes"),
+    ("UMask", "0077"),
+]
+
+# The deny list applied after the @system-service allow list. It must stay a separate
+# SystemCallFilter= line: a leading '~' applies to a whole line only.
+SYSCALL_ALLOW = ["@system-service"]
+SYSCALL_DENY = ["@privileged", "@resources", "@mount", "@debug", "@module", "@reboot", "@swap",
+                "@clock", "@cpu-emulation", "@obsolete", "@raw-io", "@keyring"]
+
+# What the bubblewrap wrapper itself needs before it execs the workload (systemd < 257): it
+# creates user, mount and PID namespaces, pivots into its new root and drops the capabilities
+# it holds inside its user namespace. The IPC namespace comes from systemd's PrivateIPC=yes on
+# every supported version, so the wrapper does not unshare IPC and the unit does not admit it.
+# The allowance costs exposure (user 0.3, pid 0.1, mnt 0.1, @mount 0.2, @privileged 0.2 on
+# systemd 252's scale): WRAPPER_EXPOSURE is added to the profile threshold where it applies.
+WRAPPER_NAMESPACES = "user mnt pid"
+WRAPPER_EXPOSURE = 0.9
+WRAPPER_SYSCALLS = ["@mount", "capset", "setresuid", "setresgid", "setgroups", "pivot_root",
+                    "unshare", "clone", "clone3"]
+
+PROFILES: dict[str, dict] = {
+    "orchestrator": {
+        "threshold": 1.0,
+        "reason": "holds keys; reaches peers over unix sockets only unless egress is listed",
+    },
+    "executor": {
+        "threshold": 1.0,
+        "reason": "runs untrusted-input tools; reaches only its egress allow list",
+    },
+    "model_backend": {
+        "threshold": 0.5,
+        "reason": "serves local weights over a unix socket; no network at all",
+        "force_private_network": True,
+    },
+    "custom": {
+        "threshold": 1.0,
+        "reason": "strict base; relaxes only what the entry asks for",
+    },
+}
+
+NATIVE_PID_NAMESPACE = 257
+BWRAP = "/usr/bin/bwrap"
+
+
+def threshold(profile: str, systemd_version: int = NATIVE_PID_NAMESPACE) -> float:
+    """Highest exposure the profile accepts; the wrapper's documented allowance on old systemd."""
+    base = PROFILES[profile]["threshold"]
+    return round(base + WRAPPER_EXPOSURE, 1) if uses_wrapper(systemd_version) else base
+
+
+def uses_wrapper(systemd_version: int) -> bool:
+    return systemd_version < NATIVE_PID_NAMESPACE
+
+
+def wrapper_argv(seccomp_fd: int | None = None) -> list[str]:
+    """bubblewrap arguments giving the workload its own PID and IPC namespace.
+
+    The host root stays as systemd's sandbox made it (read-only where it is read-only); bwrap
+    adds the namespaces, dies with its parent and forbids the workload further user namespaces.
+    """
+    argv = [BWRAP, "--bind", "/", "/", "--dev-bind", "/dev", "/dev",
+            "--unshare-user", "--unshare-pid", "--disable-userns",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    return [*argv, "--"]
+
+
+def _network(record: dict, force_private: bool) -> list[tuple[str, str]]:
+    egress = (record.get("network") or {}).get("egress") or []
+    if force_private or not egress:
+        return [("PrivateNetwork", "yes"), ("RestrictAddressFamilies", "AF_UNIX"),
+                ("IPAddressDeny", "any")]
+    families = {"AF_UNIX", "AF_INET"}
+    if any(":" in ep["host"] for ep in egress):
+        families.add("AF_INET6")
+    hosts = sorted({ep["host"] for ep in egress})
+    return [("RestrictAddressFamilies", " ".join(sorted(families))),
+            ("IPAddressDeny", "any"), ("IPAddressAllow", " ".join(hosts))]
+
+
+def service_directives(record: dict, systemd_version: int,
+                       client_groups: list[str] | None = None) -> list[tuple[str, str]]:
+    """The [Service] directives of a component, in file order, for the target systemd."""
+    profile = PROFILES[record["profile"]]
+    out: list[tuple[str, str]] = [("User", record["user"]), ("Group", record["group"])]
+    if client_groups:
+        out.append(("SupplementaryGroups", " ".join(client_groups)))
+    base = dict(BASE)
+    caps = record.get("capabilities") or []
+    base["CapabilityBoundingSet"] = " ".join(caps)
+    base["AmbientCapabilities"] = " ".join(caps) if record.get("ambient_capabilities") else ""
+    wrapped = uses_wrapper(systemd_version)
+    if wrapped:
+        base["RestrictNamespaces"] = WRAPPER_NAMESPACES
+    out += list(base.items())
+    if not wrapped:
+        out.append(("PrivatePIDs", "yes"))
+    out += _network(record, profile.get("force_private_network", False))
+    allow = [*SYSCALL_ALLOW, *(record.get("syscalls") or {}).get("allow", [])]
+    if wrapped:
+        allow += WRAPPER_SYSCALLS
+    deny = [d for d in SYSCALL_DENY if d not in allow]
+    deny += [d for d in (record.get("syscalls") or {}).get("deny", []) if d not in deny]
+    if wrapped:
+        # Individually allowed wrapper syscalls must not fall to a group deny after them.
+        deny = [d for d in deny if d not in ("@privileged", "@mount")]
+    out.append(("SystemCallFilter", " ".join(allow)))
+    out.append(("SystemCallFilter", "~" + " ".join(deny)))
+    out.append(("SystemCallErrorNumber", "EPERM"))
+    writable = [record["state_dir"], record["log_dir"], *record.get("state_paths", [])]
+    out.append(("ReadWritePaths", " ".join(writable)))
+    if record.get("readonly_paths"):
+        out.append(("ReadOnlyPaths", " ".join(record["readonly_paths"])))
+    for cred in record.get("credentials") or []:
+        key = "LoadCredentialEncrypted" if cred.get("encrypted") else "LoadCredential"
+        out.append((key, f"{cred['name']}:{cred['src']}"))
+    return out

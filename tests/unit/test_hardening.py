@@ -1,0 +1,134 @@
+"""The unit pipeline: profiles as data rendered per systemd version, checked by real systemd."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+    normalize_components,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+    service_directives,
+    threshold,
+    uses_wrapper,
+    wrapper_argv,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
+    parse_verify,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = yaml.safe_load(
+    (REPO / "inventory/example/group_vars/kernelfence/components.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def records():
+    return {r["name"]: r for r in normalize_components(EXAMPLE["kernelfence_components"])}
+
+
+def as_dict(pairs):
+    out = {}
+    for key, value in pairs:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def render(record, version):
+    exec_start = " ".join([*(wrapper_argv() if uses_wrapper(version) else []), record["command"]])
+    lines = ["[Unit]", f"Description={record['name']}", "", "[Service]", f"ExecStart={exec_start}"]
+    lines += [f"{k}={v}" for k, v in service_directives(record, version, record["client_of"])]
+    return "\n".join([*lines, "", "[Install]", "WantedBy=multi-user.target", ""])
+
+
+def test_native_pid_namespace_on_257(records):
+    unit = as_dict(service_directives(records["executor"], 257))
+    assert unit["PrivatePIDs"] == ["yes"]
+    assert unit["RestrictNamespaces"] == ["yes"]
+    assert unit["PrivateIPC"] == ["yes"]
+
+
+def test_wrapper_on_252_admits_only_its_namespaces(records):
+    unit = as_dict(service_directives(records["executor"], 252))
+    assert "PrivatePIDs" not in unit
+    assert unit["RestrictNamespaces"] == ["user mnt pid"]
+    argv = wrapper_argv()
+    assert argv[0] == "/usr/bin/bwrap" and argv[-1] == "--"
+    for flag in ("--unshare-pid", "--unshare-user", "--disable-userns", "--die-with-parent",
+                 "--cap-drop"):
+        assert flag in argv
+
+
+def test_syscall_allow_and_deny_on_separate_lines(records):
+    for version in (252, 257):
+        filters = as_dict(service_directives(records["executor"], version))["SystemCallFilter"]
+        assert len(filters) == 2
+        assert not any("~" in word for word in filters[0].split()), "allow line has no deny"
+        assert filters[1].startswith("~") and filters[1].count("~") == 1
+        assert "@privileged" in filters[1] or version < 257
+
+
+def test_profiles_relax_only_documented_things(records):
+    model = as_dict(service_directives(records["model_backend"], 257))
+    assert model["PrivateNetwork"] == ["yes"]
+    assert model["RestrictAddressFamilies"] == ["AF_UNIX"]
+    executor = as_dict(service_directives(records["executor"], 257))
+    assert "PrivateNetwork" not in executor
+    assert executor["IPAddressDeny"] == ["any"] and executor["IPAddressAllow"] == ["127.0.0.1"]
+    assert executor["RestrictAddressFamilies"] == ["AF_INET AF_UNIX"]
+    for unit in (model, executor):
+        assert unit["CapabilityBoundingSet"] == [""] and unit["AmbientCapabilities"] == [""]
+        assert unit["NoNewPrivileges"] == ["yes"] and unit["UMask"] == ["0077"]
+
+
+def test_model_backend_never_gets_network_even_if_asked():
+    rec = normalize_components([{"name": "model_backend", "profile": "model_backend",
+                                 "network": {"egress": [{"host": "::1", "port": 1}]}}])[0]
+    assert as_dict(service_directives(rec, 257))["PrivateNetwork"] == ["yes"]
+
+
+def test_capabilities_bounding_and_ambient_only_when_asked():
+    rec = normalize_components([{"name": "web", "profile": "custom",
+                                 "capabilities": ["net_bind_service"]}])[0]
+    unit = as_dict(service_directives(rec, 257))
+    assert unit["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert unit["AmbientCapabilities"] == [""]
+    rec["ambient_capabilities"] = True
+    assert as_dict(service_directives(rec, 257))["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+
+
+def test_credentials_and_socket_clients(records):
+    rec = records["orchestrator"]
+    orch = as_dict(service_directives(rec, 257, rec["client_of"]))
+    assert orch["LoadCredential"] == [
+        "signing.key:/etc/kernelfence/secrets/orchestrator-signing.key"]
+    assert orch["SupplementaryGroups"] == ["kf-executor-clients kf-model-backend-clients"]
+
+
+def test_thresholds():
+    assert threshold("model_backend", 257) == 0.5
+    assert threshold("executor", 257) == 1.0
+    assert threshold("executor", 252) == 1.9
+
+
+def test_real_systemd_accepts_every_line_of_the_252_rendering(records, tmp_path):
+    version = int(subprocess.run(["systemd-analyze", "--version"], capture_output=True,
+                                 text=True, check=True).stdout.split()[1])
+    files = []
+    for name, rec in records.items():
+        path = tmp_path / f"kf-{name}.service"
+        path.write_text(render(rec, version))
+        files.append(str(path))
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *files],
+                          capture_output=True, text=True, check=False)
+    ignored = [f for f in parse_verify(proc.stderr, files) if f["kind"] != "warning"]
+    assert ignored == []
+    if version < 257:
+        # Control: the 257 rendering is refused here, so the check can fail.
+        newer = tmp_path / "kf-newer.service"
+        newer.write_text(render(records["executor"], 257))
+        proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(newer)],
+                              capture_output=True, text=True, check=False)
+        kinds = {f["kind"] for f in parse_verify(proc.stderr, [str(newer)])}
+        assert "unknown-directive" in kinds
