@@ -14,7 +14,12 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening im
     service_directives,
     threshold,
     uses_wrapper,
+    workload_syscalls,
     wrapper_argv,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
+    oci_profile,
+    parse_syscall_groups,
 )
 
 
@@ -35,12 +40,38 @@ def _service_directives(record, systemd_version):
 
 
 def _exec_start(record, systemd_version):
-    prefix = wrapper_argv() if uses_wrapper(int(systemd_version)) else []
+    profile = f"{record['config_dir']}/seccomp.json"
+    prefix = wrapper_argv(profile) if uses_wrapper(int(systemd_version)) else []
     return " ".join([*prefix, record["command"]])
+
+
+def _seccomp_profile(record, syscall_filter_output):
+    allow, deny, readd = workload_syscalls(record)
+    try:
+        return oci_profile(allow, deny, parse_syscall_groups(syscall_filter_output), readd)
+    except ValueError as exc:
+        raise AnsibleFilterError(
+            f"kernelfence_components[{record['name']}].syscalls: {exc}. Fix: use a group "
+            "that `systemd-analyze syscall-filter` lists on the target") from exc
 
 
 def _exposure_threshold(record, systemd_version):
     return threshold(record["profile"], int(systemd_version))
+
+
+def _unit_files(records):
+    """The unit files of every component that runs a service, sockets first."""
+    sockets, services = [], []
+    for rec in records:
+        if not rec.get("command"):
+            continue
+        base = f"{rec['config_dir']}/units/kf-{rec['name']}"
+        services.append({"name": rec["name"], "unit": f"kf-{rec['name']}.service",
+                         "src": f"{base}.service"})
+        if rec.get("sockets"):
+            sockets.append({"name": rec["name"], "unit": f"kf-{rec['name']}.socket",
+                            "src": f"{base}.socket"})
+    return sockets + services
 
 
 class FilterModule:
@@ -53,4 +84,6 @@ class FilterModule:
             "service_directives": _service_directives,
             "exec_start": _exec_start,
             "exposure_threshold": _exposure_threshold,
+            "seccomp_profile": _seccomp_profile,
+            "unit_files": _unit_files,
         }

@@ -94,18 +94,33 @@ def uses_wrapper(systemd_version: int) -> bool:
     return systemd_version < NATIVE_PID_NAMESPACE
 
 
-def wrapper_argv(seccomp_fd: int | None = None) -> list[str]:
-    """bubblewrap arguments giving the workload its own PID and IPC namespace.
+LAUNCHER = ["/usr/bin/python3", "-I", "/usr/libexec/kernelfence/kf-launch.py"]
+
+
+def wrapper_argv(seccomp_profile: str | None = None) -> list[str]:
+    """The launcher and bubblewrap arguments giving the workload its own PID namespace.
 
     The host root stays as systemd's sandbox made it (read-only where it is read-only); bwrap
     adds the namespaces, dies with its parent and forbids the workload further user namespaces.
+    The launcher compiles the component's OCI seccomp profile with libseccomp and hands it to
+    bwrap (--seccomp FD), which loads it just before it execs the workload.
     """
+    # No --disable-userns: it writes /proc/sys/user/max_user_namespaces, which
+    # ProtectKernelTunables=yes keeps read-only. The seccomp profile bwrap loads denies the
+    # workload every namespace-creating call instead (see seccomp_profile.NAMESPACE_SYSCALLS).
     argv = [BWRAP, "--bind", "/", "/", "--dev-bind", "/dev", "/dev",
-            "--unshare-user", "--unshare-pid", "--disable-userns",
+            "--unshare-user", "--unshare-pid",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
-    return [*argv, "--"]
+    launcher = [*LAUNCHER, seccomp_profile, "--"] if seccomp_profile else []
+    return [*launcher, *argv, "--"]
+
+
+def workload_syscalls(record: dict) -> tuple[list[str], list[str], list[str]]:
+    """The component's own syscall policy, applied in order like systemd applies its lines:
+    (allow list, deny list taken out of it, the component's allowances added back after it)."""
+    extra = record.get("syscalls") or {}
+    deny = [*SYSCALL_DENY, *(d for d in extra.get("deny", []) if d not in SYSCALL_DENY)]
+    return list(SYSCALL_ALLOW), deny, list(extra.get("allow", []))
 
 
 def _network(record: dict, force_private: bool) -> list[tuple[str, str]]:
@@ -135,20 +150,22 @@ def service_directives(record: dict, systemd_version: int,
     wrapped = uses_wrapper(systemd_version)
     if wrapped:
         base["RestrictNamespaces"] = WRAPPER_NAMESPACES
+        # bwrap reads /proc/sys/kernel/overflowuid to set up its user namespace.
+        base["ProcSubset"] = "all"
     out += list(base.items())
     if not wrapped:
         out.append(("PrivatePIDs", "yes"))
     out += _network(record, profile.get("force_private_network", False))
-    allow = [*SYSCALL_ALLOW, *(record.get("syscalls") or {}).get("allow", [])]
+    allow, deny, readd = workload_syscalls(record)
     if wrapped:
-        allow += WRAPPER_SYSCALLS
-    deny = [d for d in SYSCALL_DENY if d not in allow]
-    deny += [d for d in (record.get("syscalls") or {}).get("deny", []) if d not in deny]
-    if wrapped:
-        # Individually allowed wrapper syscalls must not fall to a group deny after them.
-        deny = [d for d in deny if d not in ("@privileged", "@mount")]
+        # systemd's filter also covers the wrapper's set-up; the workload gets the strict
+        # policy from the seccomp profile bwrap loads just before exec.
+        readd = [*readd, *(s for s in WRAPPER_SYSCALLS if s not in readd)]
+    # One line each: a leading '~' applies to a whole line, and later lines win.
     out.append(("SystemCallFilter", " ".join(allow)))
     out.append(("SystemCallFilter", "~" + " ".join(deny)))
+    if readd:
+        out.append(("SystemCallFilter", " ".join(readd)))
     out.append(("SystemCallErrorNumber", "EPERM"))
     writable = [record["state_dir"], record["log_dir"], *record.get("state_paths", [])]
     out.append(("ReadWritePaths", " ".join(writable)))

@@ -72,7 +72,8 @@ def _lab_inventory(info: dict) -> Path:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    _prepare(with_tools=False)
+    # cargo-audit (the executor's demo job) is one of the pinned tools.
+    _join_tools(_prepare(with_tools=True))
     info = vm.up(LAB_INSTANCE, args.distro)
     inventory = _lab_inventory(info)
     env = setup.tool_env()
@@ -82,6 +83,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
     if lab_vars.is_symlink() or lab_vars.exists():
         lab_vars.unlink()
     lab_vars.symlink_to(group_vars)
+    log("installing the reference components (demo/prepare.yml)")
+    run([_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "demo" / "prepare.yml")],
+        env=env, cwd=REPO, timeout=3600)
     log("running site.yml against the lab VM")
     run([_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "site.yml")],
         env=env, cwd=REPO, timeout=3600)

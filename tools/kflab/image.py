@@ -26,8 +26,11 @@ GUEST_PACKAGES = [
     "openssh-server", "python3", "python3-apt", "sudo", "ca-certificates",
     "initramfs-tools", "linux-image-cloud-amd64", "e2fsprogs",
     "nftables", "bubblewrap", "libcap-ng-utils", "libcap2-bin", "libseccomp2",
-    "acl", "attr", "util-linux", "iputils-ping", "strace", "python3-cryptography",
+    "acl", "attr", "util-linux", "iputils-ping", "strace",
 ]
+# Installed with apt inside the chroot after debootstrap: their dependencies go through
+# virtual packages (e.g. python3-cffi-backend-api-min), which debootstrap cannot resolve.
+GUEST_EXTRA_PACKAGES = ["python3-cryptography", "python3-seccomp"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ def ssh_keypair() -> Path:
 
 def content_key(distro: Distro) -> str:
     pubkey = ssh_keypair().with_suffix(".pub").read_bytes()
-    recipe = json.dumps({"suite": distro.suite, "mirror": MIRROR, "packages": GUEST_PACKAGES},
-                        sort_keys=True).encode()
+    recipe = json.dumps({"suite": distro.suite, "mirror": MIRROR, "packages": GUEST_PACKAGES,
+                         "extra": GUEST_EXTRA_PACKAGES}, sort_keys=True).encode()
     return sha256_of(recipe, Path(__file__).read_bytes(), pubkey)[:16]
 
 
@@ -93,6 +96,8 @@ def ensure_image(distro_name: str) -> Image:
     if image.disk.exists() and image.kernel.exists() and image.initrd.exists():
         return image
     image.path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in image.path.parent.glob(f".build-{image.distro.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     work = Path(tempfile.mkdtemp(prefix=f".build-{image.distro.name}-", dir=image.path.parent))
     try:
         _build(image.distro, work)
@@ -118,6 +123,10 @@ def _build(distro: Distro, work: Path) -> None:
     log(f"building {distro.name} ({distro.suite}) image in {work}; this takes a few minutes")
     run(["debootstrap", "--variant=minbase", f"--include={','.join(GUEST_PACKAGES)}",
          "--components=main", distro.suite, str(root), MIRROR], timeout=BUILD_TIMEOUT)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(["chroot", str(root), "apt-get", "install", "-y", "-q", "--no-install-recommends",
+         *GUEST_EXTRA_PACKAGES], timeout=BUILD_TIMEOUT, env=env)
+    run(["chroot", str(root), "apt-get", "clean"], timeout=120)
     _configure_rootfs(root, distro)
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
@@ -130,7 +139,7 @@ def _build(distro: Distro, work: Path) -> None:
     shutil.rmtree(root)
     (work / "recipe.json").write_text(json.dumps(
         {"distro": distro.name, "suite": distro.suite, "mirror": MIRROR,
-         "packages": GUEST_PACKAGES}, indent=2))
+         "packages": GUEST_PACKAGES, "extra": GUEST_EXTRA_PACKAGES}, indent=2))
 
 
 def _write(path: Path, text: str, mode: int = 0o644) -> None:
