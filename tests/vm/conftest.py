@@ -67,8 +67,8 @@ def proc_status(host, pid):
 
 def ns_ids(host, pid):
     names = ["pid", "ipc", "mnt", "net", "uts", "user", "cgroup"]
-    out = host.run("for n in %s; do readlink /proc/%s/ns/$n; done", " ".join(names),
-                   str(pid)).stdout.split()
+    loop = f"for n in {' '.join(names)}; do readlink /proc/{int(pid)}/ns/$n; done"
+    out = host.run(loop).stdout.split()
     return dict(zip(names, out, strict=True))
 
 
