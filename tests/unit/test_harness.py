@@ -25,6 +25,12 @@ def test_vmx_must_be_a_whole_flag():
     assert vm.accelerator(fake, kvm_opens=lambda: True) == "tcg,thread=multi"
 
 
+def test_debian13_gets_single_threaded_tcg_only():
+    assert vm.accel_for("debian13", "tcg,thread=multi") == "tcg,thread=single"
+    assert vm.accel_for("debian12", "tcg,thread=multi") == "tcg,thread=multi"
+    assert vm.accel_for("debian13", "kvm") == "kvm"
+
+
 def test_qemu_nic_is_restricted_and_forward_is_loopback_only(tmp_path):
     img = image.Image(image.DISTROS["debian12"], tmp_path / "img")
     argv = vm.qemu_argv("t", tmp_path / "inst", img, "tcg,thread=multi", 40022, 1024, 1)
