@@ -25,10 +25,13 @@ def test_vmx_must_be_a_whole_flag():
     assert vm.accelerator(fake, kvm_opens=lambda: True) == "tcg,thread=multi"
 
 
-def test_debian13_gets_single_threaded_tcg_only():
+def test_debian13_gets_one_vcpu_under_tcg_only():
     assert vm.accel_for("debian13", "tcg,thread=multi") == "tcg,thread=single"
     assert vm.accel_for("debian12", "tcg,thread=multi") == "tcg,thread=multi"
     assert vm.accel_for("debian13", "kvm") == "kvm"
+    assert vm.cpus_for("debian13", "tcg,thread=single", 2) == 1
+    assert vm.cpus_for("debian12", "tcg,thread=multi", 2) == 2
+    assert vm.cpus_for("debian13", "kvm", 2) == 2
 
 
 def test_qemu_nic_is_restricted_and_forward_is_loopback_only(tmp_path):
