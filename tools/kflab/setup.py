@@ -22,6 +22,7 @@ APT_COMMANDS = {
     "qemu-img": "qemu-utils",
     "debootstrap": "debootstrap",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "nft": "nftables",
