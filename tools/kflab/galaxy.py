@@ -35,11 +35,15 @@ def main() -> int:
             raise HarnessError(f"tarball content wrong: missing {missing}, "
                                f"should not ship {leaked}")
         target = work / "collections"
-        run([str(venv_dir() / "bin/ansible-galaxy"), "collection", "install", "--offline",
-             "-p", str(target), str(tarballs[0])], env=env, timeout=300)
-        # Load the installed playbook by its FQCN, from outside the checkout.
+        # Outside the checkout: without its ansible.cfg, whose collections path holds the
+        # checkout itself (galaxy would call the collection installed already).
         scratch_env = dict(env, ANSIBLE_COLLECTIONS_PATH=str(target))
         scratch_env.pop("ANSIBLE_CONFIG", None)
+        run([str(venv_dir() / "bin/ansible-galaxy"), "collection", "install", "--offline",
+             "-p", str(target), str(tarballs[0])], env=scratch_env, cwd=work, timeout=300)
+        if not (target / "ansible_collections/kernelfence/isolation/MANIFEST.json").exists():
+            raise HarnessError(f"the tarball did not install into {target}")
+        # Load the installed playbook by its FQCN.
         run([str(venv_dir() / "bin/ansible-playbook"), "--syntax-check", "-i", "localhost,",
              "kernelfence.isolation.site"], env=scratch_env, cwd=work, timeout=300)
         log(f"built and installed {tarballs[0].name} ({len(names)} members)")
