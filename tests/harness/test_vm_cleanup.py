@@ -20,6 +20,7 @@ CACHE = Path(os.environ.get("KF_CACHE", Path.home() / ".cache" / "kernelfence"))
 
 
 def qemu_pids(name):
+    # Deliberately not vm._qemu_pids_for: the check must not share the code it checks.
     needle = str(CACHE / "instances" / name).encode()
     pids = []
     for proc in Path("/proc").iterdir():
