@@ -25,15 +25,6 @@ def test_vmx_must_be_a_whole_flag():
     assert vm.accelerator(fake, kvm_opens=lambda: True) == "tcg,thread=multi"
 
 
-def test_uniprocessor_tcg_only_for_listed_distros(monkeypatch):
-    monkeypatch.setattr(vm, "UNIPROCESSOR_TCG", {"debian13"})
-    assert vm.accel_for("debian13", "tcg,thread=multi") == "tcg,thread=single"
-    assert vm.accel_for("debian12", "tcg,thread=multi") == "tcg,thread=multi"
-    assert vm.accel_for("debian13", "kvm") == "kvm"
-    assert vm.cpus_for("debian13", "tcg,thread=single", 2) == 1
-    assert vm.cpus_for("debian13", "kvm", 2) == 2
-
-
 def test_debian13_image_boots_the_debian12_kernel(monkeypatch, tmp_path):
     monkeypatch.setattr(image, "CACHE", tmp_path)
     assert image.DISTROS["debian13"].kernel_from == "debian12"

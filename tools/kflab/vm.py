@@ -51,21 +51,6 @@ def accelerator(cpuinfo: str | None = None, kvm_opens=_kvm_opens) -> str:
     return "tcg,thread=multi"
 
 
-# Distros whose guest kernel needs one vCPU and one TCG thread (none since the Debian 13 guest
-# boots Debian 12's kernel, see image.Distro.kernel_from).
-UNIPROCESSOR_TCG: set[str] = set()
-
-
-def accel_for(distro: str, accel: str) -> str:
-    if accel.startswith("tcg") and distro in UNIPROCESSOR_TCG:
-        return "tcg,thread=single"
-    return accel
-
-
-def cpus_for(distro: str, accel: str, cpus: int) -> int:
-    return 1 if accel.startswith("tcg") and distro in UNIPROCESSOR_TCG else cpus
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -178,8 +163,7 @@ def _boot(name: str, path: Path, image, memory_mb: int, cpus: int) -> dict:
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk),
          str(overlay)], timeout=60)
     key = ssh_keypair()
-    accel = accel_for(image.distro.name, accelerator())
-    cpus = cpus_for(image.distro.name, accel, cpus)
+    accel = accelerator()
     for attempt in range(3):
         port = _free_port()
         argv = qemu_argv(name, path, image, accel, port, memory_mb, cpus)
