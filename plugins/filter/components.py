@@ -30,11 +30,22 @@ def _normalize(components, roots=None, writable_roots=None):
         raise AnsibleFilterError(str(exc)) from exc
 
 
+def _account(record, shell):
+    return {"name": record["user"], "group": record["group"], "home": record["state_dir"],
+            "shell": shell,
+            "comment": f"kernelfence {record['profile']} component {record['name']}"}
+
+
 def _directories(records):
     return directories(records)
 
 
 def _service_directives(record, systemd_version):
+    if record.get("unit") and not record.get("command") and uses_wrapper(int(systemd_version)):
+        raise AnsibleFilterError(
+            f"kernelfence_components[{record['name']}].command: systemd {systemd_version} has no "
+            f"PrivatePIDs=, so the PID namespace of {record['unit']} needs bubblewrap around its "
+            "command. Fix: set `command` to the unit's ExecStart command line")
     pairs = service_directives(record, int(systemd_version), record.get("client_of"))
     return [list(pair) for pair in pairs]
 
@@ -59,31 +70,16 @@ def _exposure_threshold(record, systemd_version):
     return threshold(record["profile"], int(systemd_version))
 
 
-def _unit_files(records):
-    """The unit files of every component that runs a service, sockets first."""
-    sockets, services = [], []
-    for rec in records:
-        if not rec.get("command"):
-            continue
-        base = f"{rec['config_dir']}/units/kf-{rec['name']}"
-        services.append({"name": rec["name"], "unit": f"kf-{rec['name']}.service",
-                         "src": f"{base}.service"})
-        if rec.get("sockets"):
-            sockets.append({"name": rec["name"], "unit": f"kf-{rec['name']}.socket",
-                            "src": f"{base}.socket"})
-    return sockets + services
-
-
 class FilterModule:
     """Component model filters."""
 
     def filters(self):
         return {
             "normalize_components": _normalize,
+            "component_account": _account,
             "component_directories": _directories,
             "service_directives": _service_directives,
             "exec_start": _exec_start,
             "exposure_threshold": _exposure_threshold,
             "seccomp_profile": _seccomp_profile,
-            "unit_files": _unit_files,
         }

@@ -25,6 +25,28 @@ CAPABILITIES = (
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 CREDENTIAL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@-]{1,240}[.]service$")
+DIRECTIVE_RE = re.compile(r"^[A-Z][A-Za-z0-9]{1,63}$")
+# Directives the pipeline renders itself: a component changes them through its model fields,
+# never as a raw directive (which would silently override the profile).
+MANAGED_DIRECTIVES = {
+    "User": "user", "Group": "group", "SupplementaryGroups": "sockets[].allow",
+    "ExecStart": "command", "Type": "unit", "Restart": "unit", "RestartSec": "unit",
+    "NoNewPrivileges": None, "CapabilityBoundingSet": "capabilities",
+    "AmbientCapabilities": "ambient_capabilities", "ProtectSystem": None, "ProtectHome": None,
+    "PrivateTmp": None, "PrivateDevices": None, "DevicePolicy": None, "PrivateIPC": None,
+    "PrivateMounts": None, "PrivateUsers": None, "ProtectProc": None, "ProcSubset": None,
+    "ProtectKernelTunables": None, "ProtectKernelModules": None, "ProtectKernelLogs": None,
+    "ProtectClock": None, "ProtectControlGroups": None, "ProtectHostname": None,
+    "RestrictNamespaces": None, "RestrictSUIDSGID": None, "RestrictRealtime": None,
+    "LockPersonality": None, "MemoryDenyWriteExecute": None, "SystemCallArchitectures": None,
+    "KeyringMode": None, "RemoveIPC": None, "UMask": None, "PrivatePIDs": None,
+    "PrivateNetwork": "network", "RestrictAddressFamilies": "network",
+    "IPAddressDeny": "network", "IPAddressAllow": "network.egress",
+    "SystemCallFilter": "syscalls", "SystemCallErrorNumber": "syscalls",
+    "ReadWritePaths": "state_paths", "ReadOnlyPaths": "readonly_paths",
+    "LoadCredential": "credentials", "LoadCredentialEncrypted": "credentials",
+}
 
 DEFAULT_ROOTS = {
     "state": "/var/lib/kernelfence",
@@ -67,6 +89,37 @@ def _check_path(component: str, field: str, path: str, roots: tuple[str, ...] | 
     return norm
 
 
+def _directive_value(component: str, key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        value = " ".join(str(v) for v in value)
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        _fail(component, f"directives.{key}", "the value spans several lines",
+              "give one line; a list is joined with spaces")
+    return text
+
+
+def _directives(component: str, raw: object) -> list[list[str]]:
+    """Extra [Service] directives, in the order given, as [key, value] pairs."""
+    if not isinstance(raw, dict):
+        _fail(component, "directives", "must be a mapping of directive to value",
+              "write e.g. {MemoryMax: 2G, TasksMax: 64}")
+    out = []
+    for key, value in raw.items():
+        if not isinstance(key, str) or not DIRECTIVE_RE.match(key):
+            _fail(component, "directives", f"{key!r} is not a systemd directive name",
+                  "use the CamelCase name from systemd.exec(5) or systemd.resource-control(5)")
+        if key in MANAGED_DIRECTIVES:
+            field = MANAGED_DIRECTIVES[key]
+            fix = (f"use the model field `{field}`" if field
+                   else "it is part of every profile's strict base; choose the profile instead")
+            _fail(component, f"directives.{key}", "is set by the component's profile", fix)
+        out.append([key, _directive_value(component, key, value)])
+    return out
+
+
 def normalize_component(raw: dict, roots: dict[str, str],
                         writable_roots: tuple[str, ...]) -> dict:
     """Derive the full record of one component from the fields the user set."""
@@ -98,10 +151,21 @@ def normalize_component(raw: dict, roots: dict[str, str],
                   "use letters, digits, '_', '.' or '-'")
         credentials.append({"name": cred_name, "src": cred.get("src"),
                             "encrypted": bool(cred.get("encrypted", False))})
+    unit = raw.get("unit")
+    if unit is not None:
+        if not isinstance(unit, str) or not UNIT_RE.match(unit) or unit.startswith("kf-"):
+            _fail(name, "unit", f"{unit!r} is not the name of a service unit of yours",
+                  "name an existing unit such as 'agent-tools.service' (kf-* units are ours)")
+        if raw.get("sockets"):
+            _fail(name, "sockets", "sockets are served by kernelfence's own units only",
+                  "remove `unit` to let kernelfence write the service, or declare the sockets "
+                  "in your own unit")
     return {
         "name": name,
         "profile": profile,
         "command": raw.get("command"),
+        "unit": unit,
+        "directives": _directives(name, raw.get("directives") or {}),
         "user": user,
         "group": group,
         "state_dir": state_dir,

@@ -174,4 +174,6 @@ def service_directives(record: dict, systemd_version: int,
     for cred in record.get("credentials") or []:
         key = "LoadCredentialEncrypted" if cred.get("encrypted") else "LoadCredential"
         out.append((key, f"{cred['name']}:{cred['src']}"))
+    # The component's own extra directives last; the model refuses any the pipeline renders.
+    out += [(key, value) for key, value in record.get("directives") or []]
     return out

@@ -15,9 +15,10 @@ EXAMPLE = yaml.safe_load(
 
 
 def mutate(change):
-    model = copy.deepcopy(EXAMPLE["kernelfence_components"])
-    change({c["name"]: c for c in model})
-    return model
+    """The example model after change(by_name); components change() adds come last."""
+    by_name = {c["name"]: c for c in copy.deepcopy(EXAMPLE["kernelfence_components"])}
+    change(by_name)
+    return list(by_name.values())
 
 
 CASES = {
@@ -36,6 +37,10 @@ CASES = {
         lambda m: m["executor"].update(user="kf-orchestrator"),
         "kernelfence_components[executor].user: 'kf-orchestrator' is also the user of "
         "component 'orchestrator'. Fix: give every component its own user and group"),
+    "directive-overriding-the-profile": (
+        lambda m: m["executor"].update(directives={"ProtectSystem": "no"}),
+        "kernelfence_components[executor].directives.ProtectSystem: is set by the component's "
+        "profile. Fix: it is part of every profile's strict base"),
     "unknown-syscall-group": (
         lambda m: m["model_backend"].update(syscalls={"allow": ["@nonsense"]}),
         "kernelfence_components[model_backend].syscalls: unknown syscall group @nonsense"),
@@ -51,11 +56,14 @@ def host_state(host):
     return units, active, pids
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_model_fails_and_changes_nothing(host, case, tmp_path):
-    change, message = CASES[case]
-    before = host_state(host)
-    assert before[1].split() == ["active"] * 3  # control: a running stack to disturb
+def newer_directive(host):
+    """A directive this guest's systemd does not know yet (MemoryKSM= is 254, PrivateBPF= 258)."""
+    return "MemoryKSM" if int(host.run("systemctl --version").stdout.split()[1]) < 254 \
+        else "PrivateBPF"
+
+
+def run_bad_model(host, change, tmp_path):
+    """Run the real play with a changed model; return its exit code and folded output."""
     extra = tmp_path / "bad.json"
     extra.write_text(json.dumps({"kernelfence_components": mutate(change)}))
     env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
@@ -65,7 +73,35 @@ def test_bad_model_fails_and_changes_nothing(host, case, tmp_path):
          "--limit", host.backend.get_hostname(), "-e", f"@{extra}",
          str(REPO / "playbooks/site.yml")],
         capture_output=True, text=True, env=env, timeout=600, check=False)
-    output = " ".join((proc.stdout + proc.stderr).split())
-    assert proc.returncode == 2, output[-3000:]
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_model_fails_and_changes_nothing(host, case, tmp_path):
+    change, message = CASES[case]
+    before = host_state(host)
+    assert before[1].split() == ["active"] * 3  # control: a running stack to disturb
+    rc, output = run_bad_model(host, change, tmp_path)
+    assert rc == 2, output[-3000:]
     assert message in output, output[-3000:]
     assert host_state(host) == before
+
+
+def test_directive_unknown_to_this_systemd_fails_before_any_change(host, tmp_path):
+    """A new component (new user, new unit) whose extra directive this systemd does not know:
+    the unit is refused in the staging directory before its user or any file is created."""
+    key = newer_directive(host)
+    version = host.run("systemctl --version").stdout.split()[1]
+
+    def change(model):
+        model["reporter"] = {"name": "reporter", "profile": "custom",
+                             "command": "/usr/bin/sleep infinity", "directives": {key: "yes"}}
+    before = host_state(host)
+    rc, output = run_bad_model(host, change, tmp_path)
+    assert rc == 2, output[-3000:]
+    assert (f"kernelfence_components[reporter].directives: systemd {version} on this host "
+            f"ignores kf-reporter.service:") in output, output[-3000:]
+    assert f"Unknown key '{key}' in section [Service]" in output, output[-3000:]
+    assert f"Fix: remove {key} or target a systemd that knows it" in output, output[-3000:]
+    assert host_state(host) == before
+    assert host.run("getent passwd kf-reporter").rc == 2  # the identity was never created

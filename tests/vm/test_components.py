@@ -86,7 +86,20 @@ def test_credential_readable_by_its_owner_only(host, recs):
     code = (f"import errno\ntry:\n    open({cred!r}, 'rb').read()\n    print('OK')\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])")
     assert as_user(host, recs["orchestrator"]["user"], code) == "OK"  # control
-    for other in ("executor", "model_backend"):
+    for other in ("executor", "model_backend", "advisory_sync"):
+        assert as_user(host, recs[other]["user"], code) == "EACCES"
+
+
+def test_encrypted_credential_is_decrypted_for_its_owner_only(host, recs):
+    sealed = "/etc/kernelfence/secrets/orchestrator-api.token.cred"
+    delivered = "/run/credentials/kf-orchestrator.service/api.token"
+    plain = host.run("systemd-creds decrypt --name=api.token %s -", sealed)
+    assert plain.rc == 0 and len(plain.stdout.strip()) == 32, plain.stderr
+    assert plain.stdout.strip() not in host.file(sealed).content_string  # encrypted at rest
+    code = (f"import errno\ntry:\n    print(open({delivered!r}).read().strip())\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])")
+    assert as_user(host, recs["orchestrator"]["user"], code) == plain.stdout.strip()  # control
+    for other in ("executor", "model_backend", "advisory_sync"):
         assert as_user(host, recs[other]["user"], code) == "EACCES"
 
 

@@ -1,0 +1,143 @@
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Validate-then-apply for systemd units: everything is checked in a private staging directory
+and nothing under the unit directory changes unless every unit passed.
+
+A full unit is staged as it will be installed. A drop-in for a unit the host already has is
+staged beside a copy of that unit and of its other drop-ins, so `systemd-analyze verify` and the
+offline exposure score judge the unit exactly as systemd will load it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+from collections.abc import Callable
+
+from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
+    parse_security,
+    parse_verify,
+)
+
+# run(argv) -> (rc, stdout, stderr), like AnsibleModule.run_command.
+Runner = Callable[[list[str]], tuple[int, str, str]]
+
+DROPIN_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
+               "/lib/systemd/system")
+
+
+class UnitInstallError(ValueError):
+    """A unit that must not be installed; the text names the component, the field and the fix."""
+
+
+def describe_findings(findings: list[dict], unit: dict, version: str) -> str:
+    """One operator-facing sentence per ignored line, naming the model field behind it."""
+    parts = []
+    user_keys = set(unit.get("user_directives") or [])
+    for finding in findings:
+        key = finding["message"].split("'")[1] if "'" in finding["message"] else ""
+        field = "directives" if key in user_keys else "unit"
+        if finding["kind"] == "unknown-directive":
+            fix = (f"remove {key or 'it'} or target a systemd that knows it"
+                   if field == "directives" else "report this as a kernelfence bug")
+        else:
+            fix = "correct the value (see systemd.exec(5))" if field == "directives" else \
+                "report this as a kernelfence bug"
+        where = posixpath.basename(finding["file"])
+        verb = "warns about" if finding["kind"] == "unsafe-user" else "ignores"
+        parts.append(f"kernelfence_components[{unit.get('component', unit['name'])}].{field}: "
+                     f"systemd {version} on this host {verb} {where}:{finding['line']} "
+                     f"({finding['message']}). Fix: {fix}")
+    return " | ".join(parts)
+
+
+def stage_units(units: list[dict], stage: str, run: Runner) -> dict[str, str]:
+    """Write every unit into `stage`; return unit name -> the path to verify and score."""
+    paths = {}
+    for unit in units:
+        name = unit["name"]
+        target = os.path.join(stage, name)
+        if unit.get("dropin"):
+            rc, fragment, err = run(["systemctl", "show", "-P", "FragmentPath", name])
+            fragment = fragment.strip()
+            if rc != 0 or not fragment or not os.path.isfile(fragment):
+                raise UnitInstallError(
+                    f"kernelfence_components[{unit.get('component', name)}].unit: {name} is not "
+                    f"a unit this host has ({err.strip() or 'no unit file'}). Fix: install the "
+                    "unit first, or remove `unit` to let kernelfence write a full unit")
+            shutil.copyfile(fragment, target)
+            dropins = os.path.join(stage, f"{name}.d")
+            os.makedirs(dropins, exist_ok=True)
+            # The host's other drop-ins take part, as they will once ours is installed.
+            for base in DROPIN_DIRS:
+                existing = os.path.join(base, f"{name}.d")
+                if not os.path.isdir(existing):
+                    continue
+                for conf in sorted(os.listdir(existing)):
+                    if conf.endswith(".conf") and conf != unit["dropin_name"]:
+                        shutil.copyfile(os.path.join(existing, conf), os.path.join(dropins, conf))
+            with open(os.path.join(dropins, unit["dropin_name"]), "w", encoding="utf-8") as fh:
+                fh.write(unit["content"])
+        else:
+            with open(target, "w", encoding="utf-8") as fh:
+                fh.write(unit["content"])
+        paths[name] = target
+    return paths
+
+
+def verify_and_score(units: list[dict], paths: dict[str, str], run: Runner,
+                     version: str) -> dict[str, dict]:
+    """Verify all staged units together and score the gated ones; raise on any problem."""
+    staged = list(paths.values())
+    rc, out, err = run(["systemd-analyze", "verify", "--man=no", *staged])
+    stage_dir = posixpath.dirname(staged[0]) if staged else ""
+    findings = [f for f in parse_verify(err) if f["file"].startswith(stage_dir + "/")
+                and f["kind"] != "warning"]
+    problems = []
+    for unit in units:
+        mine = [f for f in findings if f["file"] == paths[unit["name"]]
+                or f["file"].startswith(paths[unit["name"]] + ".d/")]
+        if mine:
+            problems.append(describe_findings(mine, unit, version))
+    if rc != 0 and not problems:
+        problems.append(f"systemd-analyze verify failed for {', '.join(sorted(paths))}: "
+                        f"{(err or out).strip()[-1500:]}. Fix: correct the component's command "
+                        "or unit fields named above")
+    if problems:
+        raise UnitInstallError(" | ".join(problems))
+    scores = {}
+    for unit in units:
+        if unit.get("threshold") is None:
+            continue
+        argv = ["systemd-analyze", "security", "--no-pager", "--offline=yes", paths[unit["name"]]]
+        rc1, text, err1 = run(argv)
+        rc2, as_json, err2 = run([*argv[:3], "--json=short", *argv[3:]])
+        if rc1 != 0 or rc2 != 0:
+            raise UnitInstallError(f"systemd-analyze security failed for {unit['name']}: "
+                                   f"{(err1 + err2).strip()[-1500:]}")
+        score = parse_security(text, as_json)
+        scores[unit["name"]] = score
+        if score["exposure"] > float(unit["threshold"]):
+            worst = ", ".join(f"{c['name']} ({c['exposure']})" for c in score["failing"][:8])
+            raise UnitInstallError(
+                f"kernelfence_components[{unit.get('component', unit['name'])}]: exposure "
+                f"{score['exposure']} of {unit['name']} is above its profile threshold "
+                f"{unit['threshold']}; failing checks: {worst}. Fix: drop the relaxation "
+                "(capabilities, syscalls, network, directives) that costs most, or choose "
+                "another profile")
+    return scores
+
+
+def installed_path(unit: dict, unit_dir: str) -> str:
+    if unit.get("dropin"):
+        return os.path.join(unit_dir, f"{unit['name']}.d", unit["dropin_name"])
+    return os.path.join(unit_dir, unit["name"])
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,309 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: unit_install
+short_description: Verify, gate and atomically install systemd units and their companion files
+version_added: "0.1.0"
+description:
+  - Stages every unit (a full unit, or a drop-in beside a copy of the host's existing unit and its
+    other drop-ins) in a private directory, runs C(systemd-analyze verify) on all of them together
+    and fails on any line systemd would ignore, and gates the offline exposure score of each unit
+    that has a O(units[].threshold).
+  - Only when every unit passed are the changed units and files written, each atomically, followed
+    by one C(daemon-reload). Nothing is written when any unit fails.
+  - Optionally enables and starts the units (sockets before services, in the given order) and
+    returns the units that were already running with changed files, for a handler to restart.
+author: kernelfence contributors (@kernelfence)
+attributes:
+  check_mode:
+    description: Stages, verifies and scores as in a real run, then reports what would change.
+    support: full
+  diff_mode:
+    description: Returns the before and after text of every changed file.
+    support: full
+  platform:
+    description: Targets with systemd 250 or later.
+    support: full
+    platforms: posix
+options:
+  units:
+    description: Units in start order (sockets before the services that use them).
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Unit name, for example C(kf-executor.service).
+        type: str
+        required: true
+      content:
+        description: Text of the unit file, or of the drop-in when O(units[].dropin=true).
+        type: str
+        required: true
+      dropin:
+        description: O(units[].content) is a drop-in for a unit the host already has.
+        type: bool
+        default: false
+      component:
+        description: Component the unit belongs to, named in error messages.
+        type: str
+      user_directives:
+        description: Directive names the user set in the component's C(directives) field.
+        type: list
+        elements: str
+        default: []
+      threshold:
+        description: Highest acceptable offline exposure (0-10 as systemd prints it).
+        type: float
+  files:
+    description: Companion files (for example seccomp profiles) written after the units passed.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      dest:
+        description: Absolute path of the file.
+        type: path
+        required: true
+      content:
+        description: Text of the file.
+        type: str
+        required: true
+      mode:
+        description: Octal mode.
+        type: str
+        default: "0644"
+      owner:
+        description: Owner.
+        type: str
+        default: root
+      group:
+        description: Group.
+        type: str
+        default: root
+      unit:
+        description: Unit to restart when this file changes.
+        type: str
+  unit_dir:
+    description: Directory units and drop-in directories are installed into.
+    type: path
+    default: /etc/systemd/system
+  dropin_name:
+    description: File name of the drop-ins this module owns.
+    type: str
+    default: 50-kernelfence.conf
+  enable:
+    description: Enable every unit.
+    type: bool
+    default: true
+  start:
+    description: Start every unit that is not active.
+    type: bool
+    default: true
+"""
+
+EXAMPLES = r"""
+- name: Install a hardened service and its socket, gated at exposure 1.0
+  kernelfence.isolation.unit_install:
+    units:
+      - {name: kf-executor.socket, content: "{{ socket_text }}"}
+      - {name: kf-executor.service, content: "{{ service_text }}", threshold: 1.0,
+         component: executor}
+  register: units
+  notify: Restart changed units
+
+- name: Harden a unit the host already has with a drop-in
+  kernelfence.isolation.unit_install:
+    units:
+      - {name: nginx.service, dropin: true, content: "[Service]\nNoNewPrivileges=yes\n"}
+"""
+
+RETURN = r"""
+changed_units:
+  description: Units whose unit file, drop-in or companion file changed.
+  returned: always
+  type: list
+  elements: str
+started:
+  description: Units this run started (or would start, in check mode).
+  returned: always
+  type: list
+  elements: str
+restart_needed:
+  description: Units that were running with changed files; restart them to apply the change.
+  returned: always
+  type: list
+  elements: str
+exposure:
+  description: Offline exposure per gated unit, with its failing checks.
+  returned: always
+  type: dict
+systemd_version:
+  description: Major version of the target's systemd.
+  returned: always
+  type: int
+"""
+
+import grp
+import os
+import pwd
+import shutil
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_install import (
+    UnitInstallError,
+    installed_path,
+    read_text,
+    stage_units,
+    verify_and_score,
+)
+
+
+def _needs_write(path: str, content: str, mode: int, uid: int, gid: int) -> bool:
+    if read_text(path) != content:
+        return True
+    st = os.stat(path)
+    return (st.st_mode & 0o7777) != mode or st.st_uid != uid or st.st_gid != gid
+
+
+def _write(module: AnsibleModule, path: str, content: str, mode: int, uid: int, gid: int) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kf-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        os.chown(tmp, uid, gid)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        module.fail_json(msg=f"cannot write {path}: {exc}")
+
+
+def _systemctl(module: AnsibleModule, *args: str) -> tuple[int, str, str]:
+    return module.run_command(["systemctl", *args])
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "units": {"type": "list", "elements": "dict", "required": True, "options": {
+                "name": {"type": "str", "required": True},
+                "content": {"type": "str", "required": True},
+                "dropin": {"type": "bool", "default": False},
+                "component": {"type": "str"},
+                "user_directives": {"type": "list", "elements": "str", "default": []},
+                "threshold": {"type": "float"},
+            }},
+            "files": {"type": "list", "elements": "dict", "default": [], "options": {
+                "dest": {"type": "path", "required": True},
+                "content": {"type": "str", "required": True},
+                "mode": {"type": "str", "default": "0644"},
+                "owner": {"type": "str", "default": "root"},
+                "group": {"type": "str", "default": "root"},
+                "unit": {"type": "str"},
+            }},
+            "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
+            "dropin_name": {"type": "str", "default": "50-kernelfence.conf"},
+            "enable": {"type": "bool", "default": True},
+            "start": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    module.get_bin_path("systemd-analyze", required=True)
+    rc, out, err = _systemctl(module, "--version")
+    version = out.split()[1] if rc == 0 and len(out.split()) > 1 else "unknown"
+    units = [dict(u, dropin_name=p["dropin_name"]) for u in p["units"]]
+    stage = tempfile.mkdtemp(prefix="kernelfence-stage-", dir="/run")
+    try:
+        paths = stage_units(units, stage, module.run_command)
+        scores = verify_and_score(units, paths, module.run_command, version)
+    except UnitInstallError as exc:
+        module.fail_json(msg=str(exc), systemd_version=version)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+    writes, diffs, changed_units = [], [], []
+    for unit in units:
+        path = installed_path(unit, p["unit_dir"])
+        if _needs_write(path, unit["content"], 0o644, 0, 0) if os.path.exists(path) else True:
+            writes.append((path, unit["content"], 0o644, 0, 0))
+            changed_units.append(unit["name"])
+            diffs.append({"before_header": path, "after_header": path,
+                          "before": read_text(path) or "", "after": unit["content"]})
+    for item in p["files"]:
+        mode = int(item["mode"], 8)
+        path = item["dest"]
+        try:
+            uid = pwd.getpwnam(item["owner"]).pw_uid
+            gid = grp.getgrnam(item["group"]).gr_gid
+        except KeyError as exc:
+            if not module.check_mode:
+                module.fail_json(msg=f"{path}: unknown owner or group {exc}. Fix: create the "
+                                     "component identities first (component_identity role)")
+            uid = gid = -1  # check mode before the identities exist: the file is new anyway
+        if not os.path.exists(path) or _needs_write(path, item["content"], mode, uid, gid):
+            writes.append((path, item["content"], mode, uid, gid))
+            if item.get("unit") and item["unit"] not in changed_units:
+                changed_units.append(item["unit"])
+            diffs.append({"before_header": path, "after_header": path,
+                          "before": read_text(path) or "", "after": item["content"]})
+
+    names = [u["name"] for u in units]
+    active_before = {}
+    for name in names:
+        state = _systemctl(module, "is-active", name)[1].strip()
+        active_before[name] = state in ("active", "activating", "reloading")
+    if writes and not module.check_mode:
+        for path, content, mode, uid, gid in writes:
+            _write(module, path, content, mode, uid, gid)
+        rc, out, err = _systemctl(module, "daemon-reload")
+        if rc != 0:
+            module.fail_json(msg=f"systemctl daemon-reload failed: {err.strip()}")
+
+    enabled_now, started = [], []
+    if p["enable"]:
+        for name in names:
+            state = _systemctl(module, "is-enabled", name)[1].strip()
+            if state not in ("enabled", "static", "alias", "indirect", "generated"):
+                enabled_now.append(name)
+                if not module.check_mode:
+                    rc, out, err = _systemctl(module, "enable", name)
+                    if rc != 0:
+                        module.fail_json(msg=f"systemctl enable {name} failed: {err.strip()}")
+    if p["start"]:
+        for name in names:
+            if active_before[name]:
+                continue
+            started.append(name)
+            if not module.check_mode:
+                rc, out, err = _systemctl(module, "start", name)
+                if rc != 0:
+                    _, status, _ = _systemctl(module, "status", "--no-pager", "-n", "20", name)
+                    module.fail_json(msg=f"{name} failed to start: {err.strip()}",
+                                     status=status, changed=True)
+    restart_needed = [n for n in changed_units if active_before.get(n) and n not in started]
+    result = {
+        "changed": bool(writes or enabled_now or started),
+        "changed_units": changed_units,
+        "started": started,
+        "enabled": enabled_now,
+        "restart_needed": restart_needed,
+        "exposure": scores,
+        "systemd_version": int(version) if version.isdigit() else 0,
+    }
+    if module._diff:
+        result["diff"] = diffs
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
