@@ -75,7 +75,7 @@ def _check_path(component: str, field: str, path: str, roots: tuple[str, ...] | 
 
 def _port(component: str, field: str, value: object) -> int:
     # bool is an int in Python: True would silently become port 1.
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).isdigit():
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
         _fail(component, field, f"{value!r} is not a port number",
               "give an integer from 1 to 65535")
     port = int(value)

@@ -143,8 +143,8 @@ def render(records: list[dict], uids: dict[str, int], gids: dict[str, int],
         f"delete table {TABLE}",
         f"table {TABLE} {{",
     ]
-    for rec, _, _ in ids:
-        for counter in counter_names(rec).values():
+    for entry in ids:
+        for counter in counter_names(entry[0]).values():
             lines.append(f"\tcounter {counter} {{}}")
     for rec, uid, gid in ids:
         lines.append("")
@@ -161,8 +161,8 @@ def render(records: list[dict], uids: dict[str, int], gids: dict[str, int],
         "\t\ttype filter hook output priority filter; policy accept;",
     ]
     if ids:
-        uid_map = ", ".join(f"{uid} : jump {rec['name']}" for rec, uid, _ in ids)
-        gid_map = ", ".join(f"{gid} : jump {rec['name']}" for rec, _, gid in ids)
+        uid_map = ", ".join(f"{uid} : jump {rec['name']}" for rec, uid, gid in ids)
+        gid_map = ", ".join(f"{gid} : jump {rec['name']}" for rec, uid, gid in ids)
         lines.append(f"\t\tmeta skuid vmap {{ {uid_map} }}")
         lines.append(f"\t\tmeta skgid vmap {{ {gid_map} }}")
     lines += ["\t}", "}", ""]

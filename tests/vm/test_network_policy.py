@@ -110,6 +110,9 @@ def stateless_table(host):
 
 @pytest.fixture(scope="module")
 def endpoints(host):
+    """The servers, in a transient unit. No teardown here: a module fixture is torn down after
+    the module's last test, the reboot, which already stopped them (and reconnecting to the
+    rebooted VM through the stale SSH master of the run is what the reboot test avoids)."""
     host.run("systemctl stop kf-test-endpoints.service")
     start = host.run("systemd-run --unit=kf-test-endpoints --collect /usr/bin/python3 -c %s",
                      ENDPOINTS)
@@ -118,8 +121,6 @@ def endpoints(host):
         if host.run("ss -Hltn 'sport = :8089' | grep -q 127.0.0.1").rc == 0:
             break
         time.sleep(1)
-    yield
-    host.run("systemctl stop kf-test-endpoints.service")
 
 
 def test_table_is_ours_alone_and_matches_only_component_identities(host, components):
@@ -315,8 +316,10 @@ def test_rules_are_back_after_reboot_before_the_components(host):
     """The one reboot of the suite: the table is loaded by our unit early at boot, and every
     component unit became active after it."""
     ssh = _inventory_ssh(host)
+    host.run("systemctl stop kf-test-endpoints.service")
     table = stateless_table(host)
     boot_id = host.file("/proc/sys/kernel/random/boot_id").content_string.strip()
+    last_host_run = time.monotonic()
     subprocess.run([*ssh, "systemd-run --on-active=2 /bin/systemctl reboot"], check=True,
                    timeout=60, capture_output=True)
     began = time.monotonic()
@@ -344,3 +347,6 @@ def test_rules_are_back_after_reboot_before_the_components(host):
     print(f"BOOT-ORDER {host.backend.get_hostname()} policy active at {policy} us, components "
           f"at {components} us\n{journal}")
     assert policy > 0 and all(c > policy for c in components), (policy, components)
+    # Later tests talk through the run's SSH master (ControlPersist=60s), which the reboot
+    # cut: let it expire so they open a fresh connection.
+    time.sleep(max(0.0, 65 - (time.monotonic() - last_host_run)))
