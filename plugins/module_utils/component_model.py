@@ -7,6 +7,7 @@ express and derives each component's full record (paths, identity) from the few 
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 
@@ -57,6 +58,11 @@ DEFAULT_ROOTS = {
 # Writable paths a component may ask for beyond its own state directory.
 DEFAULT_WRITABLE_ROOTS = ("/var/lib/kernelfence/", "/srv/kernelfence/", "/var/log/kernelfence/",
                           "/run/kernelfence/")
+
+
+PROTOCOLS = ("tcp", "udp")
+LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
+LOOPBACK_V6 = ipaddress.ip_network("::1/128")
 
 
 class ModelError(ValueError):
@@ -120,6 +126,122 @@ def _directives(component: str, raw: object) -> list[list[str]]:
     return out
 
 
+def _port(component: str, field: str, value: object) -> int:
+    # bool is an int in Python: True would silently become port 1.
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        _fail(component, field, f"{value!r} is not a port number",
+              "give an integer from 1 to 65535")
+    port = int(value)
+    if not 1 <= port <= 65535:
+        _fail(component, field, f"port {port} is out of range", "give an integer from 1 to 65535")
+    return port
+
+
+def _proto(component: str, field: str, value: object) -> str:
+    proto = "tcp" if value is None else value
+    if proto not in PROTOCOLS:
+        _fail(component, field, f"unknown protocol {value!r}", "use tcp or udp")
+    return str(proto)
+
+
+def _egress(component: str, endpoints: object) -> list[dict]:
+    """Egress endpoints with a literal IP address (never a name: nft would resolve it once, at
+    load time, and the rule would silently go stale), a port in range and a known protocol."""
+    if not isinstance(endpoints, list):
+        _fail(component, "network.egress", "must be a list of {host, port, proto}",
+              "write e.g. [{host: 127.0.0.1, port: 8088}]")
+    out = []
+    for i, ep in enumerate(endpoints):
+        field = f"network.egress[{i}]"
+        if not isinstance(ep, dict):
+            _fail(component, field, f"{ep!r} is not a mapping", "write {host: ADDRESS, port: N}")
+        try:
+            addr = ipaddress.ip_address(str(ep.get("host", "")).strip())
+        except ValueError:
+            _fail(component, f"{field}.host", f"{ep.get('host')!r} is not an IPv4 or IPv6 address",
+                  "give a literal address such as 127.0.0.1 or ::1 (no names, no prefixes)")
+        out.append({"host": addr.compressed, "port": _port(component, f"{field}.port",
+                                                           ep.get("port")),
+                    "proto": _proto(component, f"{field}.proto", ep.get("proto")),
+                    "family": "ip" if addr.version == 4 else "ip6"})
+    return out
+
+
+def _ingress(component: str, entries: object) -> list[dict]:
+    if not isinstance(entries, list):
+        _fail(component, "network.ingress", "must be a list of {port, proto, from}",
+              "write e.g. [{port: 9000, from: [orchestrator]}]")
+    out = []
+    for i, entry in enumerate(entries):
+        field = f"network.ingress[{i}]"
+        if not isinstance(entry, dict):
+            _fail(component, field, f"{entry!r} is not a mapping", "write {port: N, from: [NAME]}")
+        peers = entry.get("from") or []
+        if not isinstance(peers, list) or not peers:
+            _fail(component, f"{field}.from", "names no component",
+                  "list the components that may connect")
+        out.append({"port": _port(component, f"{field}.port", entry.get("port")),
+                    "proto": _proto(component, f"{field}.proto", entry.get("proto")),
+                    "from": [str(p) for p in peers]})
+    return out
+
+
+def _network_model(component: str, raw: object) -> dict:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        _fail(component, "network", f"{raw!r} is not a mapping", "write {egress: [...]}")
+    unknown = sorted(set(raw) - {"egress", "ingress"})
+    if unknown:
+        _fail(component, "network", f"unknown field(s) {unknown}", "use egress and ingress")
+    return {"egress": _egress(component, raw.get("egress") or []),
+            "ingress": _ingress(component, raw.get("ingress") or [])}
+
+
+def is_loopback(host: str) -> bool:
+    addr = ipaddress.ip_address(host)
+    return addr in (LOOPBACK_V4 if addr.version == 4 else LOOPBACK_V6)
+
+
+def _check_loopback_peers(records: list[dict]) -> None:
+    """Loopback between components only where the model allows it: a component's ingress
+    names its clients, and each client lists the port among its own egress endpoints (the
+    unit's IPAddressAllow= comes from egress); no other component may list that port."""
+    names = {rec["name"] for rec in records}
+    by_name = {rec["name"]: rec for rec in records}
+    served: dict[tuple[str, int], tuple[str, list[str]]] = {}
+    for rec in records:
+        for i, entry in enumerate(rec["network"]["ingress"]):
+            field = f"network.ingress[{i}].from"
+            if rec["profile"] == "model_backend":
+                _fail(rec["name"], "network.ingress", "the model_backend profile has no network",
+                      "serve it over a unix socket (sockets) or use profile custom")
+            for peer in entry["from"]:
+                if peer not in names:
+                    _fail(rec["name"], field, f"unknown component {peer!r}",
+                          f"name one of {', '.join(sorted(names - {rec['name']}))}")
+                if peer == rec["name"]:
+                    _fail(rec["name"], field, "a component cannot be its own client",
+                          "name the components that connect to it")
+                listed = any(is_loopback(ep["host"]) and ep["port"] == entry["port"]
+                             and ep["proto"] == entry["proto"]
+                             for ep in by_name[peer]["network"]["egress"])
+                if not listed:
+                    _fail(rec["name"], field, f"component {peer!r} does not list a loopback "
+                          f"{entry['proto']} endpoint on port {entry['port']} in its "
+                          "network.egress", f"add {{host: 127.0.0.1, port: {entry['port']}, "
+                          f"proto: {entry['proto']}}} to {peer}'s network.egress")
+            served[(entry["proto"], entry["port"])] = (rec["name"], entry["from"])
+    for rec in records:
+        for i, ep in enumerate(rec["network"]["egress"]):
+            owner = served.get((ep["proto"], ep["port"]))
+            if owner and is_loopback(ep["host"]) and rec["name"] not in (owner[0], *owner[1]):
+                _fail(rec["name"], f"network.egress[{i}]", f"loopback port {ep['port']} is served "
+                      f"by component {owner[0]!r}, which does not list {rec['name']!r} as a "
+                      "client", f"add {rec['name']} to {owner[0]}'s network.ingress from, or "
+                      "remove the endpoint")
+
+
 def normalize_component(raw: dict, roots: dict[str, str],
                         writable_roots: tuple[str, ...]) -> dict:
     """Derive the full record of one component from the fields the user set."""
@@ -179,7 +301,7 @@ def normalize_component(raw: dict, roots: dict[str, str],
         "capabilities": caps,
         "ambient_capabilities": bool(raw.get("ambient_capabilities", False)),
         "syscalls": dict(raw.get("syscalls") or {}),
-        "network": dict(raw.get("network") or {}),
+        "network": _network_model(name, raw.get("network")),
     }
 
 
@@ -205,6 +327,7 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
                 _fail(rec["name"], field, f"{rec[field]!r} is also the {field} of component "
                       f"{other!r}", "give every component its own user and group")
             owners[f"{field}:{rec[field]}"] = rec["name"]
+    _check_loopback_peers(records)
     names = set(seen)
     by_name = {rec["name"]: rec for rec in records}
     for rec in records:
