@@ -312,6 +312,10 @@ def classify_cosign_failure(art: Artifact, stderr: str, fingerprint: str | None,
     """Map cosign's error text onto the shared reasons (the Python path raises the same ones)."""
     text = " ".join(stderr.split())
     if not art.keyless:
+        if "invalid signature" not in text:
+            return VerificationFailed(art.label, "tool-error",
+                                      f"cosign verify-blob failed: {text[-500:]}",
+                                      tool_output=text)
         return VerificationFailed(art.label, "invalid-signature",
                                   _invalid_key_signature(art, fingerprint or "").detail,
                                   tool_output=text)
