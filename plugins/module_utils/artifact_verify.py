@@ -299,11 +299,16 @@ def cosign_argv(cosign: str, art: Artifact, material: SignatureMaterial, tmpdir:
     return [*argv, art.src]
 
 
-def cosign_env(tmpdir: str) -> dict[str, str]:
-    """No TUF fetch: a private TUF cache dir and no network services are ever contacted."""
+def cosign_env(tmpdir: str, keyless: bool) -> dict[str, str]:
+    """An environment in which cosign contacts nothing: no public TUF root is fetched."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIGSTORE_")}
     env["TUF_ROOT"] = os.path.join(tmpdir, "tuf")
     env["HOME"] = tmpdir
+    if not keyless:
+        # Without a trusted root cosign 2.6 fetches the public one over TUF unless one of the
+        # SIGSTORE_* material variables is set; a key-based check never reads this one (it
+        # is only for keyless certificate chains), so naming it just stops the fetch.
+        env["SIGSTORE_ROOT_FILE"] = os.path.join(tmpdir, "unused-keyless-roots.pem")
     return env
 
 
@@ -359,7 +364,7 @@ def verify_with_cosign(art: Artifact, cosign: str) -> Evidence:
     with tempfile.TemporaryDirectory(prefix="kf-cosign-") as tmpdir:
         argv = cosign_argv(cosign, art, material, tmpdir)
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
-                              env=cosign_env(tmpdir))
+                              env=cosign_env(tmpdir, art.keyless))
     if proc.returncode != 0:
         raise classify_cosign_failure(art, proc.stderr + proc.stdout, fingerprint, identity)
     evidence = Evidence(artifact=art.label, file=art.src, sha256=digest, size=size,
