@@ -52,7 +52,7 @@ def _with_subject(doc: dict, name: str, version: str | None, sha256: str) -> dic
 
 
 def syft_sbom(syft: str, path: str, name: str, version: str | None, sha256: str) -> dict:
-    argv = [syft, "scan", f"file:{path}", "--output", "cyclonedx-json", "--quiet",
+    argv = [syft, "scan", f"file:{path}", "--output", "cyclonedx-json@1.6", "--quiet",
             "--source-name", name]
     if version:
         argv += ["--source-version", version]

@@ -1,12 +1,15 @@
 """SBOMs made for installed artifacts are valid CycloneDX (checked against the schema)."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from ansible_collections.kernelfence.isolation.plugins.module_utils.sbom import (
     SbomError,
     _with_subject,
     minimal_sbom,
+    syft_sbom,
     validation_errors,
     vendor_sbom,
 )
@@ -47,3 +50,18 @@ def test_vendor_sbom_must_be_cyclonedx(tmp_path):
     good = tmp_path / "bom.json"
     good.write_text(json.dumps(minimal_sbom("tool", None, SHA)))
     assert vendor_sbom(str(good))["bomFormat"] == "CycloneDX"
+
+
+SYFT = str(Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/syft")
+
+
+@pytest.mark.skipif(not os.access(SYFT, os.X_OK), reason=f"syft not built yet at {SYFT}")
+def test_syft_sbom_is_valid_and_names_the_verified_digest(tmp_path):
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"\x7fELF not really, but a file syft can catalogue\n")
+    doc = syft_sbom(SYFT, str(tool), "tool", "1.0", SHA)
+    assert doc["specVersion"] == "1.6"
+    assert validation_errors(doc) is None
+    subject = doc["metadata"]["component"]
+    assert subject["name"] == "tool" and subject["version"] == "1.0"
+    assert {"alg": "SHA-256", "content": SHA} in subject["hashes"]
