@@ -102,7 +102,7 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars or {})
-        _, args = self.validate_argument_spec(argument_spec={
+        _validation, args = self.validate_argument_spec(argument_spec={
             "artifacts": {"type": "list", "elements": "dict", "default": []},
             "verified": {"type": "list", "elements": "dict"},
             "install": {"type": "bool", "default": True},
@@ -129,8 +129,8 @@ class ActionModule(ActionBase):
         result.update(changed=False, artifacts=verified)
         if not args["install"] or not verified:
             return result
-        items = [{k: e[k] for k in ("component", "name", "version", "sha256", "sbom",
-                                     "evidence")} for e in verified]
+        keys = ("component", "name", "version", "sha256", "sbom", "evidence")
+        items = [{k: e[k] for k in keys} for e in verified]
         module_args = {"items": items, "install_root": args["install_root"],
                        "recheck_on_host": args["recheck_on_host"]}
         # First call without files: nothing is copied when every artifact is already current.

@@ -82,7 +82,7 @@ class Artifact:
 
     @classmethod
     def from_dict(cls, data: dict) -> Artifact:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: (str(v) if v is not None else None)
                       for k, v in data.items() if k in known})
 

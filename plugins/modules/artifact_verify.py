@@ -86,7 +86,7 @@ options:
     default: false
   items:
     description:
-      - Internal, set by the action plugin: the verified artifacts with their staged copies.
+      - Internal, set by the action plugin. The verified artifacts with their staged copies.
     type: list
     elements: dict
 notes:
