@@ -13,6 +13,8 @@ import base64
 import json
 import re
 
+from cryptography.exceptions import InvalidSignature
+
 from .artifact_verify import Artifact, VerificationFailed  # type: ignore[import-not-found]
 
 # Fulcio's OIDC issuer extensions: v1 holds the raw string, v2 a DER UTF8String.
@@ -71,10 +73,39 @@ def _identities(cert) -> list[str]:
             *san.get_values_for_type(x509.UniformResourceIdentifier)]
 
 
+def trusted_cas(art: Artifact) -> list:
+    """Every CA certificate of the user's trusted root."""
+    from cryptography import x509
+
+    try:
+        with open(str(art.trusted_root), encoding="utf-8") as handle:
+            doc = json.load(handle)
+        return [x509.load_der_x509_certificate(base64.b64decode(c["rawBytes"]))
+                for ca in doc.get("certificateAuthorities", [])
+                for c in ca["certChain"]["certificates"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerificationFailed(art.label, "missing-trusted-root",
+                                 f"{art.trusted_root}: not a Sigstore trusted root ({exc})"
+                                 ) from exc
+
+
+def check_issued_by_trusted_ca(art: Artifact, cert) -> None:
+    for ca in trusted_cas(art):
+        try:
+            cert.verify_directly_issued_by(ca)
+            return
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    raise VerificationFailed(art.label, "untrusted-certificate",
+                             f"the bundle's certificate ({cert.issuer.rfc4514_string()}) is "
+                             f"not issued by a CA of {art.trusted_root}")
+
+
 def certificate_identity(art: Artifact) -> tuple[str, str]:
-    """(signer identity, issuer) of the bundle's certificate, checked against the artifact's
-    expected identity (exact or regular expression) and issuer."""
+    """(signer identity, issuer) of the bundle's certificate, checked against the trusted
+    root's CAs, the artifact's expected identity (exact or regular expression) and issuer."""
     cert = bundle_certificate(art)
+    check_issued_by_trusted_ca(art, cert)
     issuer = _issuer(cert)
     identities = _identities(cert)
     if issuer != art.certificate_oidc_issuer:
@@ -119,12 +150,13 @@ def verify_keyless(art: Artifact, digest_hex: str) -> tuple[str, str, str]:
         Verifier(trusted_root=root).verify_artifact(
             hashed, bundle, Identity(identity=identity, issuer=issuer))
     except SigstoreError as exc:
-        text = str(exc)
-        if "chain" in text.lower() or ("certificate" in text.lower() and "trust" in text.lower()):
-            raise VerificationFailed(art.label, "untrusted-certificate",
-                                     f"the bundle's certificate is not issued by a CA of "
-                                     f"{art.trusted_root}", tool_output=text) from exc
-        raise VerificationFailed(art.label, "invalid-signature",
-                                 f"{art.src} does not match the bundle's signature by "
-                                 f"{identity}", tool_output=text) from exc
+        raise keyless_signature_failure(art, identity, str(exc)) from exc
     return identity, issuer, sigstore.__version__
+
+
+def keyless_signature_failure(art: Artifact, identity: str, output: str) -> VerificationFailed:
+    """What both paths report when the tool refuses a bundle that passed the shared checks."""
+    return VerificationFailed(
+        art.label, "invalid-signature",
+        f"{art.src} signed by {identity} does not verify against {art.trusted_root} "
+        "(signature, SCT or transparency-log entry)", tool_output=output)

@@ -102,8 +102,8 @@ BAD = {
                                       "invalid-signature", SIG_FAIL),
     "sigstore-bundle-of-another-file": (
         {"key": "signer.pub", "bundle": "other.sigstore.json"}, None, "bundle-for-another-file",
-        "bundle is for another file: the bundle signs sha256 {other_sha}, {src} has sha256 "
-        "{sha}"),
+        "file does not match the bundle: the bundle signs sha256 {other_sha}, {src} has sha256 "
+        "{sha} (modified file, or a bundle of another file)"),
     "missing-signature": ({"key": "signer.pub", "signature": "absent.sig"}, None,
                           "missing-signature",
                           "signature not found: signature '{fix}/absent.sig' does not exist"),
