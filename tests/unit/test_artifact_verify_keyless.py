@@ -35,10 +35,10 @@ def verify(art, backend):
     return verify_artifact(art, backend, COSIGN if backend == "cosign" else None)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 REGEXP = r"^release-[a-z]+@kernelfence\.test$"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("identity", [
     {"certificate_identity": IDENTITY},
     {"certificate_identity": None, "certificate_identity_regexp": REGEXP}],
