@@ -22,6 +22,7 @@ RELEASE = Path(os.environ.get("KF_RELEASE_DIR", CACHE / "signing/release"))
 SIGNING_KEY = Path(os.environ.get("KF_SIGNING_DIR", CACHE / "signing")) / "cosign.key"
 COSIGN = shutil.which("cosign") or str(CACHE / "tools/bin/cosign")
 OTHER_KEY = REPO / "tests/unit/fixtures/artifacts/other.pub"
+KEYLESS = REPO / "tests/unit/fixtures/keyless"
 BIN = "/opt/kernelfence/bin/executor/cargo-audit"
 LABEL = "executor/cargo-audit"
 
@@ -47,7 +48,7 @@ def run_role(host, tmp_path, artifact, backend="auto", env_extra=None):
     for comp in model:
         comp.pop("artifacts", None)
         if comp["name"] == "executor":
-            comp["artifacts"] = [artifact]
+            comp["artifacts"] = artifact if isinstance(artifact, list) else [artifact]
     extra = tmp_path / "vars.json"
     extra.write_text(json.dumps({"kernelfence_components": model,
                                  "verified_binary_backend": backend}))
@@ -141,7 +142,23 @@ def _wrong_pin(tmp_path):
     return {**good_artifact(), "sha256": "0" * 64}
 
 
+def _keyless(bundle="artifact.sigstore.json", **over):
+    """The keyless fixture (private test trust root, see tests/unit/fixtures/keyless)."""
+    return {"name": "cargo-audit", "version": "keyless", "src": str(KEYLESS / "artifact.bin"),
+            "bundle": str(KEYLESS / bundle), "trusted_root": str(KEYLESS / "trusted_root.json"),
+            "certificate_identity": "release-signer@kernelfence.test",
+            "certificate_oidc_issuer": "https://issuer.kernelfence.test", **over}
+
+
 BAD = {
+    "keyless-wrong-identity": (lambda _t: _keyless("wrong-identity.sigstore.json"),
+                               "certificate identity does not match: "),
+    "keyless-wrong-issuer": (lambda _t: _keyless("wrong-issuer.sigstore.json"),
+                             "certificate OIDC issuer does not match: "),
+    "keyless-untrusted-ca": (lambda _t: _keyless("untrusted-ca.sigstore.json"),
+                             "certificate does not chain to the trusted root: "),
+    "keyless-bundle-of-another-file": (lambda _t: _keyless("other.sigstore.json"),
+                                       "file does not match the bundle: "),
     "tampered-byte": (_tampered, "signature does not verify: "),
     "truncated-download": (_truncated, "signature does not verify: "),
     "wrong-key": (_wrong_key, "signature does not verify: "),
@@ -195,3 +212,19 @@ def test_upgrade_keeps_previous_restarts_service_and_rolls_back(host, tmp_path):
     # And a run with nothing to do changes nothing.
     rc, output = run_role(host, tmp_path, good_artifact())
     assert rc == 0 and "changed=0" in output, output[-3000:]
+
+
+def test_keyless_artifact_installs_with_signer_identity(host, tmp_path):
+    keyless = {**_keyless(), "name": "keyless-fixture", "version": "1"}
+    rc, output = run_role(host, tmp_path, [good_artifact(), keyless])
+    assert rc == 0, output[-3000:]
+    base = "/opt/kernelfence/bin/executor/keyless-fixture/current"
+    assert host.file(f"{base}/keyless-fixture").sha256sum == hashlib.sha256(
+        (KEYLESS / "artifact.bin").read_bytes()).hexdigest()
+    evidence = json.loads(host.file(f"{base}/evidence.json").content_string)
+    assert evidence["method"] == "keyless"
+    assert evidence["signer_identity"] == "release-signer@kernelfence.test"
+    assert evidence["issuer"] == "https://issuer.kernelfence.test"
+    # Back to the example's artifacts (the inventory lists what the model declares).
+    rc, output = run_role(host, tmp_path, good_artifact())
+    assert rc == 0, output[-3000:]
