@@ -77,6 +77,8 @@ def test_signed_cargo_audit_is_installed_root_owned(host):
     assert current.exists and current.user == "root" and current.group == "root"
     assert current.mode == 0o755
     assert current.sha256sum == release_sha256()
+    # The only cargo-audit on the host is the verified one (the demo executor runs it).
+    assert not host.file("/usr/local/bin/cargo-audit").exists
     for path in ("/opt/kernelfence/bin", "/opt/kernelfence/bin/executor", BIN,
                  host.run("readlink -f %s/current", BIN).stdout.strip()):
         node = host.file(path)
