@@ -46,6 +46,7 @@ def _with_subject(doc: dict, name: str, version: str | None, sha256: str) -> dic
     subject = meta.setdefault("component", {"type": "application", "name": name})
     if version and not subject.get("version"):
         subject["version"] = version
+    subject.setdefault("purl", generic_purl(name, version))
     hashes = [h for h in subject.get("hashes", []) if h.get("alg") != "SHA-256"]
     subject["hashes"] = [*hashes, {"alg": "SHA-256", "content": sha256}]
     return doc

@@ -64,4 +64,5 @@ def test_syft_sbom_is_valid_and_names_the_verified_digest(tmp_path):
     assert validation_errors(doc) is None
     subject = doc["metadata"]["component"]
     assert subject["name"] == "tool" and subject["version"] == "1.0"
+    assert subject["purl"] == "pkg:generic/tool@1.0"
     assert {"alg": "SHA-256", "content": SHA} in subject["hashes"]
