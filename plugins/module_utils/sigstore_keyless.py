@@ -13,8 +13,6 @@ import base64
 import json
 import re
 
-from cryptography.exceptions import InvalidSignature
-
 from .artifact_verify import Artifact, VerificationFailed  # type: ignore[import-not-found]
 
 # Fulcio's OIDC issuer extensions: v1 holds the raw string, v2 a DER UTF8String.
@@ -90,6 +88,8 @@ def trusted_cas(art: Artifact) -> list:
 
 
 def check_issued_by_trusted_ca(art: Artifact, cert) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     for ca in trusted_cas(art):
         try:
             cert.verify_directly_issued_by(ca)
