@@ -95,6 +95,16 @@ def is_current(root: str, item: Item) -> bool:
         return False
 
 
+def is_intact(root: str, item: Item) -> bool:
+    """True when the item's version directory holds the file at its pinned digest."""
+    path = os.path.join(item.vdir(root), item.name)
+    try:
+        return (os.path.isfile(path) and not os.path.islink(path)
+                and sha256_file(path) == item.sha256)
+    except OSError:
+        return False
+
+
 def check_staged(items: list[Item]) -> None:
     """Every staged copy must hash to the digest verified on the controller."""
     for item in items:
@@ -228,19 +238,21 @@ def install(root: str, items: list[Item], check_mode: bool = False) -> dict:
     Items that are already current need no staged copy.
     """
     pending = [item for item in items if not is_current(root, item)]
+    # A version still on disk intact (e.g. the previous one, for a rollback) is not copied again.
+    needed = [item for item in pending if not is_intact(root, item)]
     result: dict = {"changed": False, "installed": [], "previous": {}, "needs_staging": []}
-    if pending and (check_mode or any(item.staged is None for item in pending)):
-        result["needs_staging"] = [item.label for item in pending]
+    if pending and (check_mode or any(item.staged is None for item in needed)):
+        result["needs_staging"] = [item.label for item in needed]
         result["changed"] = True
         if check_mode:
             result["installed"] = [item.label for item in pending]
         return result
-    check_staged(pending)
+    check_staged(needed)
     created: list[str] = []
     if pending:
         _mkdirs(root)
     try:
-        for item in pending:
+        for item in needed:
             _mkdirs(os.path.join(root, item.component))
             _mkdirs(item.base(root))
             created.append(_build_version_dir(root, item))

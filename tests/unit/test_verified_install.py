@@ -74,6 +74,10 @@ def test_upgrade_keeps_previous_and_prunes_older(tmp_path):
     # Rolling back is re-installing the previous version: no copy needed, it is still there.
     back = Item(component="executor", name="tool", version="2.0", sha256=versions[1].sha256)
     assert plan(root, [back]) == ["executor/tool"]
+    result = install(root, [back])
+    assert result["installed"] == ["executor/tool"] and result["needs_staging"] == []
+    assert os.readlink(base / "current") == f"2.0-{versions[1].sha256[:12]}"
+    assert os.readlink(base / "previous") == f"3.0-{versions[2].sha256[:12]}"
 
 
 def test_staged_copy_with_wrong_digest_changes_nothing(tmp_path):
