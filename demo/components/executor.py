@@ -8,7 +8,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kfdemo
 
-CARGO_AUDIT = os.environ.get("KF_CARGO_AUDIT", "/usr/local/bin/cargo-audit")
+# Installed by the verified_binary role only after its cosign signature verified.
+CARGO_AUDIT = os.environ.get("KF_CARGO_AUDIT",
+                             "/opt/kernelfence/bin/executor/cargo-audit/current/cargo-audit")
 WORKSPACE = os.environ.get("KF_WORKSPACE", "/srv/kernelfence/executor")
 
 

@@ -54,6 +54,7 @@ DEFAULT_ROOTS = {
     "config": "/etc/kernelfence",
     "log": "/var/log/kernelfence",
     "runtime": "/run/kernelfence",
+    "bin": "/opt/kernelfence/bin",
 }
 # Writable paths a component may ask for beyond its own state directory.
 DEFAULT_WRITABLE_ROOTS = ("/var/lib/kernelfence/", "/srv/kernelfence/", "/var/log/kernelfence/",
@@ -63,6 +64,14 @@ DEFAULT_WRITABLE_ROOTS = ("/var/lib/kernelfence/", "/srv/kernelfence/", "/var/lo
 PROTOCOLS = ("tcp", "udp")
 LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 LOOPBACK_V6 = ipaddress.ip_network("::1/128")
+ARTIFACT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+SHA256_RE = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+ARTIFACT_FIELDS = ("name", "src", "version", "sha256", "key", "signature", "bundle",
+                   "certificate_identity", "certificate_identity_regexp",
+                   "certificate_oidc_issuer", "trusted_root", "sbom")
+KEYLESS_FIELDS = ("certificate_identity", "certificate_identity_regexp",
+                  "certificate_oidc_issuer", "trusted_root")
 
 
 class ModelError(ValueError):
@@ -242,6 +251,93 @@ def _check_loopback_peers(records: list[dict]) -> None:
                       "remove the endpoint")
 
 
+def _check_signature_source(component: str, field: str, entry: dict, keyless: bool) -> None:
+    if keyless:
+        if not entry.get("bundle"):
+            _fail(component, f"{field}.bundle", "a keyless artifact needs a Sigstore bundle",
+                  "give the bundle path (cosign sign-blob --bundle FILE)")
+        if entry.get("signature"):
+            _fail(component, f"{field}.signature", "a keyless artifact is verified from its "
+                  "bundle alone", "drop signature and give the bundle")
+    elif not entry.get("signature") and not entry.get("bundle"):
+        _fail(component, field, "no signature and no bundle",
+              "give signature (cosign sign-blob --output-signature) or bundle")
+    elif entry.get("signature") and entry.get("bundle"):
+        _fail(component, field, "both signature and bundle are given",
+              "give one of them")
+
+
+def normalize_artifacts(component: str, raw: list | None, bin_root: str) -> list[dict]:
+    """Check the signed artifacts of a component and derive where each one is installed."""
+    out: list[dict] = []
+    for index, entry in enumerate(raw or []):
+        if not isinstance(entry, dict):
+            _fail(component, f"artifacts[{index}]", "is not a mapping",
+                  "give name, src and the signature fields")
+        name = entry.get("name")
+        if not isinstance(name, str) or not ARTIFACT_NAME_RE.match(name):
+            _fail(component, f"artifacts[{index}].name", f"{name!r} is not a file name",
+                  "use letters, digits, '_', '.', '+' or '-'")
+        field = f"artifacts[{name}]"
+        unknown = sorted(set(entry) - set(ARTIFACT_FIELDS))
+        if unknown:
+            _fail(component, field, f"unknown field(s) {', '.join(unknown)}",
+                  f"use only {', '.join(ARTIFACT_FIELDS)}")
+        if any(a["name"] == name for a in out):
+            _fail(component, field, "two artifacts share this name", "rename one of them")
+        if not entry.get("src"):
+            _fail(component, f"{field}.src", "missing",
+                  "give the artifact's path on the controller")
+        version = entry.get("version")
+        if version is not None and not VERSION_RE.match(str(version)):
+            _fail(component, f"{field}.version", f"{version!r} is not a version string",
+                  "use letters, digits, '_', '.', '+' or '-'")
+        pin = entry.get("sha256")
+        if pin is not None and not SHA256_RE.match(str(pin)):
+            _fail(component, f"{field}.sha256", f"{pin!r} is not a sha256 digest",
+                  "give 64 lower-case hex digits (sha256sum FILE)")
+        keyless = not entry.get("key")
+        if entry.get("key") and any(entry.get(k) for k in KEYLESS_FIELDS):
+            _fail(component, field, "both key and keyless fields "
+                  f"({', '.join(k for k in KEYLESS_FIELDS if entry.get(k))}) are given",
+                  "verify with a key or with a certificate identity, not both")
+        if keyless:
+            if not any(entry.get(k) for k in KEYLESS_FIELDS):
+                _fail(component, field, "no key and no certificate identity",
+                      "give key (a cosign public key) or certificate_identity, "
+                      "certificate_oidc_issuer and trusted_root")
+            if entry.get("certificate_identity") and entry.get("certificate_identity_regexp"):
+                _fail(component, field, "both certificate_identity and "
+                      "certificate_identity_regexp are given", "give one of them")
+            if not (entry.get("certificate_identity") or entry.get("certificate_identity_regexp")):
+                _fail(component, f"{field}.certificate_identity", "missing",
+                      "give the signer identity (or certificate_identity_regexp)")
+            if entry.get("certificate_identity_regexp"):
+                try:
+                    re.compile(str(entry["certificate_identity_regexp"]))
+                except re.error as exc:
+                    _fail(component, f"{field}.certificate_identity_regexp",
+                          f"invalid regular expression ({exc})", "fix the expression")
+            for required in ("certificate_oidc_issuer", "trusted_root"):
+                if not entry.get(required):
+                    _fail(component, f"{field}.{required}", "missing for keyless verification",
+                          "give the OIDC issuer URL and the trusted_root.json path")
+        _check_signature_source(component, field, entry, keyless)
+        sbom = entry.get("sbom")
+        if sbom is not None:
+            if not isinstance(sbom, dict) or not sbom.get("src"):
+                _fail(component, f"{field}.sbom", "needs src (the vendor's CycloneDX JSON)",
+                      "give sbom: {src: ..., signature: ...} or drop it")
+            _check_signature_source(component, f"{field}.sbom", sbom, keyless)
+        base = f"{bin_root}/{component}/{name}"
+        record = {k: entry.get(k) for k in ARTIFACT_FIELDS if k != "sbom"}
+        record.update({"component": component, "version": None if version is None else
+                       str(version), "sbom": dict(sbom) if sbom else None,
+                       "base_dir": base, "path": f"{base}/current/{name}"})
+        out.append(record)
+    return out
+
+
 def normalize_component(raw: dict, roots: dict[str, str],
                         writable_roots: tuple[str, ...]) -> dict:
     """Derive the full record of one component from the fields the user set."""
@@ -302,6 +398,8 @@ def normalize_component(raw: dict, roots: dict[str, str],
         "ambient_capabilities": bool(raw.get("ambient_capabilities", False)),
         "syscalls": dict(raw.get("syscalls") or {}),
         "network": _network_model(name, raw.get("network")),
+        "network": dict(raw.get("network") or {}),
+        "artifacts": normalize_artifacts(name, raw.get("artifacts"), roots["bin"]),
     }
 
 

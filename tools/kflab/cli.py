@@ -64,6 +64,8 @@ def _lab_inventory(info: dict) -> Path:
             "ansible_ssh_private_key_file": info["identity_file"],
             "ansible_ssh_common_args": " ".join(vm.SSH_OPTS),
             "ansible_python_interpreter": "/usr/bin/python3",
+            # The cargo-audit release signed by the test setup (verified_binary installs it).
+            "kernelfence_release_dir": str(setup.RELEASE),
         }}}}},
     }
     path = inv_dir / "hosts.json"

@@ -43,6 +43,10 @@ CARGO_TOOLS = {"cargo-audit": "0.22.2"}
 MIN_GO = (1, 24)
 
 TOOLS = CACHE / "tools"
+# The test setup's signing key and the release it signs: the executor's cargo-audit reaches
+# the VMs only through the verified_binary role, which verifies this signature.
+SIGNING = CACHE / "signing"
+RELEASE = SIGNING / "release"
 
 
 def venv_dir() -> Path:
@@ -58,9 +62,9 @@ def tool_env() -> dict[str, str]:
     env["VIRTUAL_ENV"] = str(venv_dir())
     env["KF_CACHE"] = str(CACHE)
     env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
-    # The demo executor's real cargo-audit, built by ensure_tools() (until issue 4's
-    # verified_binary role installs it from a signed artifact).
-    env["KF_CARGO_AUDIT"] = str(TOOLS / "cargo" / "bin" / "cargo-audit")
+    # The signed release (cargo-audit, its bundle, the test public key) the scenarios and the
+    # lab install through the verified_binary role (molecule/resources/host_vars).
+    env["KF_RELEASE_DIR"] = str(RELEASE)
     env.setdefault("ANSIBLE_FORCE_COLOR", "0")
     return env
 
@@ -141,6 +145,7 @@ def ensure_tools() -> None:
     """Build the pinned tools; Go ones and the Rust one in parallel (they compete only for CPU)."""
     jobs = install_tools_commands()
     if not jobs:
+        ensure_signed_release()
         return
     if any(job[0].startswith(tuple(GO_TOOLS)) for job in jobs) and _go_version() < MIN_GO:
         raise HarnessError(f"Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build cosign and syft; "
@@ -166,3 +171,32 @@ def ensure_tools() -> None:
                 failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
     if failed:
         raise HarnessError("tool build failed: " + ", ".join(failed))
+    ensure_signed_release()
+
+
+def ensure_signed_release() -> None:
+    """Sign the built cargo-audit with the test key (made once, kept in the cache), offline.
+
+    The key has an empty password and the signature is never uploaded to a transparency log:
+    it exists only for the test scenarios and the lab.
+    """
+    cosign = TOOLS / "bin" / "cosign"
+    binary = TOOLS / "cargo" / "bin" / "cargo-audit"
+    env = dict(os.environ, COSIGN_PASSWORD="", HOME=str(SIGNING), TUF_ROOT=str(SIGNING / "tuf"))
+    SIGNING.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not (SIGNING / "cosign.key").exists():
+        log(f"generating the test signing key in {SIGNING}")
+        run([str(cosign), "generate-key-pair", "--output-key-prefix", str(SIGNING / "cosign")],
+            cwd=SIGNING, env=env, timeout=120, capture=True)
+    stamp = sha256_of(binary.read_bytes(), (SIGNING / "cosign.pub").read_bytes())
+    marker = RELEASE / ".signed"
+    if marker.exists() and marker.read_text().strip() == stamp:
+        return
+    log(f"signing cargo-audit into {RELEASE}")
+    RELEASE.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(binary, RELEASE / "cargo-audit")
+    shutil.copyfile(SIGNING / "cosign.pub", RELEASE / "cosign.pub")
+    run([str(cosign), "sign-blob", "--yes", "--key", str(SIGNING / "cosign.key"),
+         "--tlog-upload=false", "--bundle", str(RELEASE / "cargo-audit.bundle"),
+         str(RELEASE / "cargo-audit")], env=env, timeout=300, capture=True)
+    marker.write_text(stamp + "\n")

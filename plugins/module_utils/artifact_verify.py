@@ -1,0 +1,391 @@
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Sigstore verification of component artifacts, with the same verdicts on two paths.
+
+The real ``cosign verify-blob`` is used when it is on the controller; otherwise the signature is
+checked in Python (``cryptography`` for a cosign public key, ``sigstore`` for a keyless bundle).
+Everything that is not cryptography (files present, digest pins, which file a bundle names) is
+checked here first, in Python, on both paths, so both paths fail with the same reason and the
+same message; the tool only decides whether the signature holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+# Why an artifact was refused. The message text is shared by both verification paths.
+REASONS = {
+    "missing-artifact": "artifact file not found",
+    "missing-signature": "signature not found",
+    "missing-key": "public key not found",
+    "bad-key": "public key cannot be read",
+    "bad-signature-file": "signature file is not a cosign signature",
+    "bad-bundle": "bundle cannot be read",
+    "digest-mismatch": "digest mismatch",
+    "bundle-for-another-file": "file does not match the bundle",
+    "invalid-signature": "signature does not verify",
+    "identity-mismatch": "certificate identity does not match",
+    "issuer-mismatch": "certificate OIDC issuer does not match",
+    "untrusted-certificate": "certificate does not chain to the trusted root",
+    "missing-trusted-root": "trusted root not found",
+    "tool-error": "verification tool failed",
+}
+
+COSIGN_BUNDLE_MEDIA_PREFIX = "application/vnd.dev.sigstore.bundle"
+_CHUNK = 1 << 20
+
+
+class VerificationFailed(Exception):
+    """An artifact was refused; the message names the artifact, the reason and the detail."""
+
+    def __init__(self, label: str, reason: str, detail: str, tool_output: str = "") -> None:
+        self.label = label
+        self.reason = reason
+        self.detail = detail
+        self.tool_output = tool_output
+        super().__init__(f"artifact {label}: {REASONS[reason]}: {detail}")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One signed file of a component, as the component model declares it."""
+
+    component: str
+    name: str
+    src: str
+    version: str | None = None
+    key: str | None = None
+    signature: str | None = None
+    bundle: str | None = None
+    certificate_identity: str | None = None
+    certificate_identity_regexp: str | None = None
+    certificate_oidc_issuer: str | None = None
+    trusted_root: str | None = None
+    sha256: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.component}/{self.name}"
+
+    @property
+    def keyless(self) -> bool:
+        return not self.key
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Artifact:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: (str(v) if v is not None else None)
+                      for k, v in data.items() if k in known})
+
+
+@dataclass
+class Evidence:
+    """What was verified, by what and against what: written next to the installed file."""
+
+    artifact: str
+    file: str
+    sha256: str
+    size: int
+    method: str
+    tool: str
+    tool_version: str
+    verified_at: str
+    key_fingerprint: str | None = None
+    signer_identity: str | None = None
+    issuer: str | None = None
+    signature_source: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra" and v is not None}
+        out.update(self.extra)
+        return out
+
+
+def sha256_file(path: str) -> tuple[str, int]:
+    """Hex sha256 and size of a file, read in chunks (binaries can be large)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
+
+
+def _require(art: Artifact, path: str | None, reason: str, what: str) -> str:
+    if not path or not os.path.isfile(path):
+        raise VerificationFailed(art.label, reason, f"{what} {path!r} does not exist")
+    return path
+
+
+@dataclass
+class SignatureMaterial:
+    """The signature and what the signature file or bundle says about the signed file."""
+
+    signature: bytes
+    source: str
+    bundle_digest: str | None = None
+    new_format: bool = False
+    certificate_pem: bytes | None = None
+
+
+def _b64(art: Artifact, text: str, reason: str, where: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise VerificationFailed(art.label, reason, f"{where} is not base64") from exc
+
+
+def read_signature_material(art: Artifact) -> SignatureMaterial:
+    """Read the detached signature or the bundle (cosign's own format or a Sigstore bundle)."""
+    if art.bundle:
+        path = _require(art, art.bundle, "missing-signature", "bundle")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise VerificationFailed(art.label, "bad-bundle", f"{path}: not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise VerificationFailed(art.label, "bad-bundle", f"{path}: not a JSON object")
+        if str(data.get("mediaType", "")).startswith(COSIGN_BUNDLE_MEDIA_PREFIX):
+            msg = data.get("messageSignature") or {}
+            digest = (msg.get("messageDigest") or {})
+            if not msg.get("signature") or digest.get("algorithm") != "SHA2_256":
+                raise VerificationFailed(art.label, "bad-bundle",
+                                         f"{path}: no SHA2_256 message signature")
+            bundle_digest = _b64(art, digest.get("digest", ""), "bad-bundle",
+                                 f"{path}: messageDigest").hex()
+            return SignatureMaterial(
+                signature=_b64(art, msg["signature"], "bad-bundle", f"{path}: signature"),
+                source=path, bundle_digest=bundle_digest, new_format=True)
+        if "base64Signature" not in data:
+            raise VerificationFailed(art.label, "bad-bundle",
+                                     f"{path}: neither a Sigstore bundle nor a cosign bundle")
+        cert = data.get("cert") or None
+        cert_pem = None
+        if cert:
+            cert_pem = cert.encode() if cert.lstrip().startswith("-----") else \
+                _b64(art, cert, "bad-bundle", f"{path}: cert")
+        return SignatureMaterial(
+            signature=_b64(art, data["base64Signature"], "bad-bundle", f"{path}: base64Signature"),
+            source=path, certificate_pem=cert_pem)
+    if not art.signature:
+        raise VerificationFailed(art.label, "missing-signature",
+                                 "neither signature nor bundle is given")
+    path = _require(art, art.signature, "missing-signature", "signature")
+    with open(path, encoding="ascii", errors="replace") as handle:
+        text = handle.read()
+    return SignatureMaterial(signature=_b64(art, text, "bad-signature-file", path), source=path)
+
+
+def load_public_key(art: Artifact):
+    """The cosign public key (PEM) of a key-based artifact, with its sha256 fingerprint."""
+    from cryptography.hazmat.primitives import serialization
+
+    path = _require(art, art.key, "missing-key", "public key")
+    with open(path, "rb") as handle:
+        data = handle.read()
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise VerificationFailed(art.label, "bad-key", f"{path}: {exc}") from exc
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key, "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def prechecks(art: Artifact) -> tuple[str, int, SignatureMaterial]:
+    """Checks both paths share: files present, pinned digest, the file a bundle names."""
+    _require(art, art.src, "missing-artifact", "artifact")
+    digest, size = sha256_file(art.src)
+    if art.sha256 and art.sha256.lower().removeprefix("sha256:") != digest:
+        raise VerificationFailed(art.label, "digest-mismatch",
+                                 f"{art.src} has sha256 {digest}, the pin is {art.sha256}")
+    if art.keyless:
+        if not art.bundle:
+            raise VerificationFailed(art.label, "missing-signature",
+                                     "keyless verification needs a bundle")
+        _require(art, art.trusted_root, "missing-trusted-root", "trusted root")
+    material = read_signature_material(art)
+    if material.bundle_digest and material.bundle_digest != digest:
+        raise VerificationFailed(
+            art.label, "bundle-for-another-file",
+            f"the bundle signs sha256 {material.bundle_digest}, {art.src} has sha256 {digest} "
+            "(modified file, or a bundle of another file)")
+    return digest, size, material
+
+
+def _invalid_key_signature(art: Artifact, fingerprint: str) -> VerificationFailed:
+    return VerificationFailed(
+        art.label, "invalid-signature",
+        f"{art.src} is not signed by key {fingerprint} (modified file, other key, or a "
+        "signature of another file)")
+
+
+def verify_key_signature_python(art: Artifact, digest_hex: str, material: SignatureMaterial,
+                                key, fingerprint: str) -> None:
+    """ECDSA (or Ed25519/RSA) check of the signature over the file, as cosign does it."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+
+    digest = bytes.fromhex(digest_hex)
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(material.signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(material.signature, digest, padding.PKCS1v15(),
+                       utils.Prehashed(hashes.SHA256()))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            with open(art.src, "rb") as handle:
+                key.verify(material.signature, handle.read())
+        else:
+            raise VerificationFailed(art.label, "bad-key",
+                                     f"{art.key}: unsupported key type {type(key).__name__}")
+    except InvalidSignature as exc:
+        raise _invalid_key_signature(art, fingerprint) from exc
+
+
+def cosign_version(cosign: str) -> str:
+    proc = subprocess.run([cosign, "version", "--json"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    try:
+        return str(json.loads(proc.stdout).get("gitVersion", "unknown"))
+    except ValueError:
+        return "unknown"
+
+
+def _empty_trusted_root(tmpdir: str) -> str:
+    # cosign reads a Sigstore bundle only with a trusted root; a key-based bundle needs no CA or
+    # log from it, so an empty root keeps the check offline.
+    path = os.path.join(tmpdir, "trusted_root.json")
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1"},
+                  handle)
+    return path
+
+
+def cosign_argv(cosign: str, art: Artifact, material: SignatureMaterial, tmpdir: str) -> list[str]:
+    """The ``cosign verify-blob`` command line (cosign 2.6), offline and without any network."""
+    argv = [cosign, "verify-blob", "--offline=true"]
+    if not art.keyless:
+        argv += ["--key", str(art.key), "--insecure-ignore-tlog=true"]
+        if art.bundle:
+            argv += ["--bundle", art.bundle]
+            if material.new_format:
+                argv += ["--trusted-root", _empty_trusted_root(tmpdir)]
+        else:
+            argv += ["--signature", str(art.signature)]
+    else:
+        argv += ["--bundle", str(art.bundle), "--trusted-root", str(art.trusted_root),
+                 "--certificate-oidc-issuer", str(art.certificate_oidc_issuer)]
+        if art.certificate_identity:
+            argv += ["--certificate-identity", art.certificate_identity]
+        else:
+            argv += ["--certificate-identity-regexp", str(art.certificate_identity_regexp)]
+    return [*argv, art.src]
+
+
+def cosign_env(tmpdir: str, keyless: bool) -> dict[str, str]:
+    """An environment in which cosign contacts nothing: no public TUF root is fetched."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGSTORE_")}
+    env["TUF_ROOT"] = os.path.join(tmpdir, "tuf")
+    env["HOME"] = tmpdir
+    if not keyless:
+        # Without a trusted root cosign 2.6 fetches the public one over TUF unless one of the
+        # SIGSTORE_* material variables is set; a key-based check never reads this one (it
+        # is only for keyless certificate chains), so naming it just stops the fetch.
+        env["SIGSTORE_ROOT_FILE"] = os.path.join(tmpdir, "unused-keyless-roots.pem")
+    return env
+
+
+def classify_cosign_failure(art: Artifact, stderr: str, fingerprint: str | None,
+                            identity: str | None) -> VerificationFailed:
+    """Map cosign's error text onto the shared reasons (the Python path raises the same ones)."""
+    text = " ".join(stderr.split())
+    if not art.keyless:
+        if "invalid signature" not in text:
+            return VerificationFailed(art.label, "tool-error",
+                                      f"cosign verify-blob failed: {text[-500:]}",
+                                      tool_output=text)
+        return VerificationFailed(art.label, "invalid-signature",
+                                  _invalid_key_signature(art, fingerprint or "").detail,
+                                  tool_output=text)
+    from .sigstore_keyless import keyless_signature_failure  # type: ignore[import-not-found]
+
+    # Identity, issuer, CA and digest were checked before cosign ran, identically on both paths.
+    return keyless_signature_failure(art, identity or "?", text)
+
+
+def verify_with_cosign(art: Artifact, cosign: str) -> Evidence:
+    digest, size, material = prechecks(art)
+    fingerprint = identity = issuer = None
+    if not art.keyless:
+        _key, fingerprint = load_public_key(art)
+    else:
+        from .sigstore_keyless import certificate_identity  # type: ignore[import-not-found]
+
+        identity, issuer = certificate_identity(art)
+    with tempfile.TemporaryDirectory(prefix="kf-cosign-") as tmpdir:
+        argv = cosign_argv(cosign, art, material, tmpdir)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
+                              env=cosign_env(tmpdir, art.keyless))
+    if proc.returncode != 0:
+        raise classify_cosign_failure(art, proc.stderr + proc.stdout, fingerprint, identity)
+    evidence = Evidence(artifact=art.label, file=art.src, sha256=digest, size=size,
+                        method="keyless" if art.keyless else "key", tool="cosign",
+                        tool_version=cosign_version(cosign), verified_at=_now(),
+                        key_fingerprint=fingerprint, signature_source=material.source,
+                        signer_identity=identity, issuer=issuer)
+    return evidence
+
+
+def verify_with_python(art: Artifact) -> Evidence:
+    digest, size, material = prechecks(art)
+    if art.keyless:
+        from .sigstore_keyless import verify_keyless  # type: ignore[import-not-found]
+
+        identity, issuer, version = verify_keyless(art, digest)
+        return Evidence(artifact=art.label, file=art.src, sha256=digest, size=size,
+                        method="keyless", tool="sigstore-python", tool_version=version,
+                        verified_at=_now(), signer_identity=identity, issuer=issuer,
+                        signature_source=material.source)
+    import cryptography
+
+    key, fingerprint = load_public_key(art)
+    verify_key_signature_python(art, digest, material, key, fingerprint)
+    return Evidence(artifact=art.label, file=art.src, sha256=digest, size=size, method="key",
+                    tool="cryptography", tool_version=cryptography.__version__,
+                    verified_at=_now(), key_fingerprint=fingerprint,
+                    signature_source=material.source)
+
+
+def verify_artifact(art: Artifact, backend: str = "auto", cosign: str | None = None) -> Evidence:
+    """Verify one artifact on the controller; return the evidence or raise VerificationFailed.
+
+    backend: ``cosign`` (the given or found binary), ``python``, or ``auto`` (cosign when found).
+    """
+    if backend not in ("auto", "cosign", "python"):
+        raise ValueError(f"unknown backend {backend!r}")
+    if backend != "python" and cosign is None:
+        from shutil import which
+
+        cosign = which("cosign")
+    if backend == "cosign" and not cosign:
+        raise VerificationFailed(art.label, "tool-error", "cosign is not on PATH")
+    if cosign and backend != "python":
+        return verify_with_cosign(art, cosign)
+    return verify_with_python(art)
