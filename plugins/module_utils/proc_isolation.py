@@ -1,0 +1,328 @@
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read the isolation of running processes from the kernel (/proc), per process and per thread.
+
+Nothing here trusts configuration: credentials, the five capability sets, NoNewPrivs and seccomp
+come from each thread's `status`, namespaces from the `ns/*` links (compared with PID 1's),
+the executable from the `exe` link (hashed, its `security.capability` xattr decoded).
+
+The reader takes a root (default /proc) so tests point it at a recorded tree. A recorded tree
+has the same layout, except that links are regular files holding the link text (`exe`,
+`ns/<name>`), and the executable's digest and file capabilities, which cannot be copied, are
+recorded beside it as `exe.sha256` and `exe.security.capability` (raw xattr bytes).
+
+Processes exit while they are scanned: a process whose directory disappears is reported as
+vanished, never as an error. A field the running kernel does not have (Seccomp_filters before
+5.9, a namespace type it lacks) is None and listed in `missing`.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+
+from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+    CAPABILITIES,
+)
+
+CAP_SETS = {"CapInh": "inheritable", "CapPrm": "permitted", "CapEff": "effective",
+            "CapBnd": "bounding", "CapAmb": "ambient"}
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
+CAP_XATTR = "security.capability"
+
+# vfs_cap_data (linux/capability.h): magic_etc, then (permitted, inheritable) u32 pairs.
+VFS_CAP_REVISION_MASK = 0xFF000000
+VFS_CAP_FLAGS_EFFECTIVE = 0x000001
+VFS_CAP_REVISIONS = {0x01000000: 1, 0x02000000: 2, 0x03000000: 2}
+
+
+class Vanished(Exception):
+    """The process (or thread) exited while it was being read."""
+
+
+def cap_names(mask: int) -> list[str]:
+    """Capability names of the bits set in mask; bits the table does not know become cap_N."""
+    names = []
+    bit = 0
+    while mask:
+        if mask & 1:
+            names.append(f"CAP_{CAPABILITIES[bit]}" if bit < len(CAPABILITIES) else f"cap_{bit}")
+        mask >>= 1
+        bit += 1
+    return names
+
+
+def decode_file_caps(raw: bytes) -> dict:
+    """The `security.capability` xattr as names: permitted, inheritable, effective flag, rootid."""
+    if len(raw) < 4:
+        raise ValueError(f"security.capability is {len(raw)} bytes, too short for vfs_cap_data")
+    (magic,) = struct.unpack_from("<I", raw, 0)
+    revision = magic & VFS_CAP_REVISION_MASK
+    words = VFS_CAP_REVISIONS.get(revision)
+    if words is None:
+        raise ValueError(f"security.capability has unknown revision 0x{revision:08x}")
+    if len(raw) < 4 + 8 * words:
+        raise ValueError(f"security.capability revision {revision >> 24} is truncated "
+                         f"({len(raw)} bytes)")
+    permitted = inheritable = 0
+    for i in range(words):
+        perm, inh = struct.unpack_from("<II", raw, 4 + 8 * i)
+        permitted |= perm << (32 * i)
+        inheritable |= inh << (32 * i)
+    result = {"version": revision >> 24, "permitted": cap_names(permitted),
+              "inheritable": cap_names(inheritable),
+              "effective": bool(magic & VFS_CAP_FLAGS_EFFECTIVE), "rootid": None}
+    if revision == 0x03000000 and len(raw) >= 4 + 8 * words + 4:
+        (result["rootid"],) = struct.unpack_from("<I", raw, 4 + 8 * words)
+    return result
+
+
+def parse_status(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key] = value.strip()
+    return fields
+
+
+def _ids(value: str | None) -> dict | None:
+    if value is None:
+        return None
+    real, effective, saved, fs = (int(v) for v in value.split())
+    return {"real": real, "effective": effective, "saved": saved, "fs": fs}
+
+
+def thread_isolation(fields: dict[str, str]) -> dict:
+    """Credentials, capabilities, NoNewPrivs and seccomp of one thread's status fields."""
+    missing = []
+
+    def get(key: str) -> str | None:
+        value = fields.get(key)
+        if value is None:
+            missing.append(key)
+        return value
+
+    caps = {}
+    for key, name in CAP_SETS.items():
+        value = get(key)
+        caps[name] = None if value is None else cap_names(int(value, 16))
+    groups = get("Groups")
+    nnp = get("NoNewPrivs")
+    mode = get("Seccomp")
+    filters = get("Seccomp_filters")
+    return {
+        "uids": _ids(get("Uid")),
+        "gids": _ids(get("Gid")),
+        "groups": None if groups is None else [int(g) for g in groups.split()],
+        "capabilities": caps,
+        "no_new_privs": None if nnp is None else nnp == "1",
+        "seccomp": {"mode": None if mode is None else SECCOMP_MODES.get(int(mode), mode),
+                    "filters": None if filters is None else int(filters)},
+        "missing": missing,
+    }
+
+
+# Fields whose difference between threads of one process the report calls out.
+THREAD_FIELDS = ("uids", "gids", "groups", "capabilities", "no_new_privs", "seccomp")
+
+
+class ProcReader:
+    """Reads processes under root (default /proc); root may be a recorded tree."""
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+        self._digests: dict[tuple, str | None] = {}
+        self._init_ns: dict[str, str | None] | None = None
+
+    def pids(self) -> list[int]:
+        return sorted(int(name) for name in os.listdir(self.root) if name.isdigit())
+
+    def _path(self, *parts: object) -> str:
+        return os.path.join(self.root, *(str(p) for p in parts))
+
+    def _read(self, *parts: object) -> str:
+        with open(self._path(*parts), encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+    def _link(self, *parts: object) -> str:
+        """A link's target, or the text of the regular file a recorded tree keeps instead."""
+        path = self._path(*parts)
+        try:
+            return os.readlink(path)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    def namespaces(self, pid: int | str) -> tuple[dict[str, str | None], list[str]]:
+        ids: dict[str, str | None] = {}
+        problems = []
+        for name in NAMESPACES:
+            try:
+                ids[name] = self._link(pid, "ns", name)
+            except FileNotFoundError:
+                ids[name] = None
+                problems.append(f"ns/{name}: absent")
+            except PermissionError:
+                ids[name] = None
+                problems.append(f"ns/{name}: permission denied")
+        return ids, problems
+
+    def init_namespaces(self) -> dict[str, str | None]:
+        if self._init_ns is None:
+            self._init_ns = self.namespaces(1)[0] if os.path.isdir(self._path(1)) else {}
+        return self._init_ns
+
+    def executable(self, pid: int) -> dict | None:
+        """Path, sha256 and file capabilities of the process's executable (None: kernel thread)."""
+        exe = self._path(pid, "exe")
+        try:
+            target = self._link(pid, "exe")
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            return {"path": None, "sha256": None, "file_capabilities": None,
+                    "error": "exe: permission denied"}
+        result: dict = {"path": target, "sha256": None, "file_capabilities": None, "error": None}
+        if os.path.islink(exe):
+            try:
+                info = os.stat(exe)
+                key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
+                if key not in self._digests:
+                    self._digests[key] = _sha256(exe)
+                result["sha256"] = self._digests[key]
+                raw = _getxattr(exe)
+            except OSError as exc:
+                result["error"] = f"exe: {os.strerror(exc.errno or 0)}"
+                return result
+        else:
+            digest = self._path(pid, "exe.sha256")
+            result["sha256"] = _read_text(digest)
+            raw = _read_bytes(self._path(pid, "exe." + CAP_XATTR))
+        if raw is not None:
+            try:
+                result["file_capabilities"] = decode_file_caps(raw)
+            except ValueError as exc:
+                result["error"] = str(exc)
+        return result
+
+    def process(self, pid: int) -> dict:
+        """Everything the scan reports about one process; raises Vanished if it exited."""
+        try:
+            status = parse_status(self._read(pid, "status"))
+            tids = sorted(int(t) for t in os.listdir(self._path(pid, "task")))
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise Vanished(pid) from exc
+        threads = []
+        for tid in tids:
+            try:
+                fields = status if tid == pid else parse_status(self._read(pid, "task", tid,
+                                                                           "status"))
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that exited since the listing
+            entry = thread_isolation(fields)
+            entry["tid"] = tid
+            entry["name"] = fields.get("Name")
+            threads.append(entry)
+        main = thread_isolation(status)
+        ns, problems = self.namespaces(pid)
+        init_ns = self.init_namespaces()
+        shared = sorted(name for name, value in ns.items()
+                        if value is not None and init_ns.get(name) == value)
+        try:
+            cgroup = self._read(pid, "cgroup").strip().splitlines()
+            exe = self.executable(pid)
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise Vanished(pid) from exc
+        if not os.path.isdir(self._path(pid)):
+            raise Vanished(pid)
+        differing = sorted({field for t in threads for field in THREAD_FIELDS
+                            if t[field] != main[field]})
+        return {
+            "pid": pid, "name": status.get("Name"), "ppid": _int(status.get("PPid")),
+            **{k: main[k] for k in THREAD_FIELDS},
+            "missing": main["missing"],
+            "namespaces": ns,
+            "namespaces_shared_with_init": shared,
+            "cgroup": cgroup,
+            "unit": unit_of_cgroup(cgroup),
+            "exe": exe,
+            "threads": threads,
+            "threads_differ": differing,
+            "problems": problems,
+        }
+
+    def scan(self, pids: list[int] | None = None) -> dict:
+        """Every process in pids (all when None); exits during the scan land in vanished."""
+        processes, vanished = [], []
+        for pid in self.pids() if pids is None else pids:
+            try:
+                processes.append(self.process(pid))
+            except Vanished:
+                vanished.append(pid)
+        return {"processes": processes, "vanished": vanished}
+
+    def unit_pids(self, unit: str, cgroup_root: str = "/sys/fs/cgroup") -> list[int]:
+        """PIDs of every process in a unit's cgroup (and its sub-cgroups), cgroup v2."""
+        pids: list[int] = []
+        for top in ("system.slice", ""):
+            base = os.path.join(cgroup_root, top, unit)
+            if os.path.isdir(base):
+                for dirpath, _dirs, files in os.walk(base):
+                    if "cgroup.procs" in files:
+                        text = _read_text(os.path.join(dirpath, "cgroup.procs")) or ""
+                        pids.extend(int(p) for p in text.split())
+                break
+        return sorted(set(pids))
+
+
+def unit_of_cgroup(lines: list[str]) -> str | None:
+    """The systemd unit a process belongs to, from its cgroup v2 line (0::/system.slice/x.service)."""
+    for line in lines:
+        if line.startswith("0::"):
+            for part in reversed(line[3:].split("/")):
+                if part.endswith((".service", ".scope", ".socket")):
+                    return part
+    return None
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _getxattr(path: str) -> bytes | None:
+    try:
+        return os.getxattr(path, CAP_XATTR)
+    except OSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOTSUP):
+            return None
+        raise
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
