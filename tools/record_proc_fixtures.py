@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Record a /proc tree of real processes with known isolation, for tests/unit/test_proc_isolation.py.
+"""Record a /proc tree of processes with known isolation, for tests/unit/test_proc_isolation.py.
 
 Run as root on a Linux host: `python3 tools/record_proc_fixtures.py tests/unit/fixtures/proc`.
 It re-executes itself as PID 1 of a new PID namespace with its own /proc (so PID 1's namespaces
@@ -22,6 +22,7 @@ Scenarios (role -> what the kernel shows):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -70,11 +71,8 @@ def copy_process(pid: int, dest: str, stop_after_status: subprocess.Popen | None
     if stop_after_status is not None:
         stop_after_status.kill()
         stop_after_status.wait()
-    for name in ("cgroup",):
-        try:
-            shutil.copyfile(f"{src}/{name}", f"{dest}/{name}")
-        except FileNotFoundError:
-            pass
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copyfile(f"{src}/cgroup", f"{dest}/cgroup")
     try:
         tids = os.listdir(f"{src}/task")
     except FileNotFoundError:
@@ -141,8 +139,9 @@ def record(out: str) -> None:
         shutil.rmtree(tree, ignore_errors=True)
         roles = {"init": 1, **{role: proc.pid for role, proc in started.items()}}
         # unshare forks: record its child, the sleep itself.
-        netns_children = open(f"/proc/{started['netns'].pid}/task/{started['netns'].pid}/children"
-                              ).read().split()
+        netns_pid = started["netns"].pid
+        with open(f"/proc/{netns_pid}/task/{netns_pid}/children") as handle:
+            netns_children = handle.read().split()
         if netns_children:
             roles["netns"] = int(netns_children[0])
         for role, pid in roles.items():

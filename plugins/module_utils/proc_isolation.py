@@ -282,7 +282,7 @@ class ProcReader:
 
 
 def unit_of_cgroup(lines: list[str]) -> str | None:
-    """The systemd unit a process belongs to, from its cgroup v2 line (0::/system.slice/x.service)."""
+    """The systemd unit of a process, from its cgroup v2 line (0::/system.slice/x.service)."""
     for line in lines:
         if line.startswith("0::"):
             for part in reversed(line[3:].split("/")):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     ProcReader,
     cap_names,
