@@ -267,18 +267,31 @@ class ProcReader:
                 vanished.append(pid)
         return {"processes": processes, "vanished": vanished}
 
-    def unit_pids(self, unit: str, cgroup_root: str = "/sys/fs/cgroup") -> list[int]:
-        """PIDs of every process in a unit's cgroup (and its sub-cgroups), cgroup v2."""
-        pids: list[int] = []
-        for top in ("system.slice", ""):
-            base = os.path.join(cgroup_root, top, unit)
-            if os.path.isdir(base):
-                for dirpath, _dirs, files in os.walk(base):
-                    if "cgroup.procs" in files:
-                        text = _read_text(os.path.join(dirpath, "cgroup.procs")) or ""
-                        pids.extend(int(p) for p in text.split())
-                break
-        return sorted(set(pids))
+def cgroup_pids(control_group: str, cgroup_root: str = "/sys/fs/cgroup") -> list[int]:
+    """PIDs in a cgroup v2 (systemctl's ControlGroup=, e.g. /system.slice/x.service) and below."""
+    base = os.path.join(cgroup_root, control_group.lstrip("/"))
+    pids: set[int] = set()
+    for dirpath, _dirs, files in os.walk(base):
+        if "cgroup.procs" in files:
+            pids.update(int(p) for p in (_read_text(os.path.join(dirpath, "cgroup.procs"))
+                                         or "").split())
+    return sorted(pids)
+
+
+def unit_pids(run, systemctl: str, unit: str,
+              cgroup_root: str = "/sys/fs/cgroup") -> tuple[list[int], str | None]:
+    """PIDs of a unit's processes and its control group, asking systemd where the cgroup is.
+
+    run is AnsibleModule.run_command (or anything with its signature). An inactive unit has no
+    control group: ([], None).
+    """
+    rc, out, err = run([systemctl, "show", "--property=ControlGroup", "--value", unit])
+    if rc != 0:
+        raise ValueError(f"systemctl show {unit} failed: {err.strip()}")
+    control_group = out.strip()
+    if not control_group:
+        return [], None
+    return cgroup_pids(control_group, cgroup_root), control_group
 
 
 def unit_of_cgroup(lines: list[str]) -> str | None:
