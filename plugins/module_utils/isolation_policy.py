@@ -98,8 +98,8 @@ def compare(processes: list[dict], policy: dict) -> list[dict]:
     """Every difference between the processes (each thread) and the normalized policy."""
     diffs = []
     for process in processes:
-        threads = process.get("threads") or [dict(process, tid=process["pid"])]
-        for thread in threads:
+        # The process's own fields are its main thread's; "threads" holds the others.
+        for thread in [dict(process, tid=process["pid"]), *(process.get("threads") or [])]:
             diffs.extend(_thread_diffs(process, thread, policy))
         for ns in policy.get("private_namespaces") or []:
             if process["namespaces"].get(ns) is None:

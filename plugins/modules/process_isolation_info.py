@@ -99,7 +99,8 @@ processes:
       description: Executable C(path), C(sha256), decoded C(file_capabilities), C(error);
         null for kernel threads.
       type: dict
-    threads: {description: Per-thread records (the main thread's fields plus tid)., type: list,
+    threads: {description: "Records of the threads other than the main one (whose values are the
+                process's own): the main thread's fields plus tid and name.", type: list,
               elements: dict}
     threads_differ: {description: Fields in which some thread differs from the main thread.,
                      type: list, elements: str}
