@@ -97,7 +97,8 @@ def decode_file_caps(raw: bytes) -> dict:
 # The status fields the reader uses; one regex pass is much cheaper than splitting ~60 lines.
 STATUS_FIELDS = ("Name", "PPid", "Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp",
                  "Seccomp_filters", *CAP_SETS)
-STATUS_RE = re.compile(r"^(%s):[ \t]*(.*)$" % "|".join(STATUS_FIELDS), re.MULTILINE)
+_FIELD_ALTERNATION = "|".join(STATUS_FIELDS)
+STATUS_RE = re.compile(rf"^({_FIELD_ALTERNATION}):[ \t]*(.*)$", re.MULTILINE)
 
 
 def parse_status(text: str) -> dict[str, str]:
