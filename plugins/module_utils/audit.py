@@ -133,8 +133,8 @@ def component_checks(component: dict, unit: dict, scan: dict, promised: dict) ->
                             "workload in a private PID namespace", private_pid,
                             bool(private_pid)))
     checks += [
-        check("threads uniform", proc, [], _union(processes, lambda r: r.get("threads_differ",
-                                                                              [])),
+        check("threads uniform", proc, [],
+              _union(processes, lambda r: r.get("threads_differ", [])),
               processes and not any(p["threads_differ"] for p in processes)),
         check("file caps", "getfattr -n security.capability /proc/PID/exe", None,
               [p["exe"]["file_capabilities"] for p in processes

@@ -64,9 +64,12 @@ evidence:
   returned: always
   type: dict
   contains:
-    host: {description: Host name., type: str}
-    versions: {description: "kernel, systemd, libseccomp and cosign versions (null when not
-                installed).", type: dict}
+    host:
+      description: Host name.
+      type: str
+    versions:
+      description: The kernel, systemd, libseccomp and cosign versions (null when not installed).
+      type: dict
     components:
       description: Per component, its unit, exposure, band, threshold, failing checks and PIDs.
       type: list
@@ -79,7 +82,10 @@ evidence:
     processes:
       description: The /proc records of each component's processes, by component.
       type: dict
-    attacks: {description: The attack results given., type: list, elements: dict}
+    attacks:
+      description: The attack results given.
+      type: list
+      elements: dict
 failed_checks:
   description: How many checks did not pass.
   returned: always

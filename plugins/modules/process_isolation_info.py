@@ -78,34 +78,67 @@ processes:
   type: list
   elements: dict
   contains:
-    pid: {description: Process id., type: int}
-    name: {description: Command name from status., type: str}
-    unit: {description: systemd unit of its cgroup v2 path, or null., type: str}
-    uids: {description: real/effective/saved/fs uid of the main thread., type: dict}
-    gids: {description: real/effective/saved/fs gid of the main thread., type: dict}
-    groups: {description: Supplementary group ids., type: list, elements: int}
+    pid:
+      description: Process id.
+      type: int
+    name:
+      description: Command name from status.
+      type: str
+    unit:
+      description: The systemd unit of its cgroup v2 path, or null.
+      type: str
+    uids:
+      description: The real, effective, saved and fs uid of the main thread.
+      type: dict
+    gids:
+      description: The real, effective, saved and fs gid of the main thread.
+      type: dict
+    groups:
+      description: Supplementary group ids.
+      type: list
+      elements: int
     capabilities:
       description: The five capability sets of the main thread as C(CAP_*) names.
       type: dict
       sample: {effective: [], permitted: [], inheritable: [], bounding: [], ambient: []}
-    no_new_privs: {description: NoNewPrivs of the main thread., type: bool}
-    seccomp: {description: "Seccomp C(mode) (disabled, strict, filter) and C(filters) count.",
-              type: dict}
-    namespaces: {description: Namespace ids by type (null when absent or unreadable)., type: dict}
-    namespaces_shared_with_init: {description: Namespace types shared with PID 1., type: list,
-                                  elements: str}
-    cgroup: {description: Lines of /proc/PID/cgroup., type: list, elements: str}
+    no_new_privs:
+      description: NoNewPrivs of the main thread.
+      type: bool
+    seccomp:
+      description: Seccomp C(mode) (disabled, strict, filter) and C(filters) count.
+      type: dict
+    namespaces:
+      description: Namespace ids by type, null when absent or unreadable.
+      type: dict
+    namespaces_shared_with_init:
+      description: Namespace types shared with PID 1.
+      type: list
+      elements: str
+    cgroup:
+      description: Lines of /proc/PID/cgroup.
+      type: list
+      elements: str
     exe:
       description: Executable C(path), C(sha256), decoded C(file_capabilities), C(error);
         null for kernel threads.
       type: dict
-    threads: {description: "Records of the threads other than the main one (whose values are the
-                process's own): the main thread's fields plus tid and name.", type: list,
-              elements: dict}
-    threads_differ: {description: Fields in which some thread differs from the main thread.,
-                     type: list, elements: str}
-    missing: {description: status fields this kernel does not show., type: list, elements: str}
-    problems: {description: What could not be read and why., type: list, elements: str}
+    threads:
+      description: Records of the threads other than the main one (whose values are the
+        process's own), with the main thread's fields plus tid and name.
+      type: list
+      elements: dict
+    threads_differ:
+      description: Fields in which some thread differs from the main thread.
+      type: list
+      elements: str
+    missing:
+      description: Status fields this kernel does not show.
+      type: list
+      elements: str
+    problems:
+      description: What could not be read and why.
+      type: list
+      elements: str
 vanished:
   description: PIDs that exited while they were being read.
   returned: always

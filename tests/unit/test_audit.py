@@ -40,7 +40,7 @@ POLICIES = [
 
 
 @pytest.mark.parametrize(("name", "version", "expected"), POLICIES,
-                         ids=[f"{n}-{v}" for n, v, _ in POLICIES])
+                         ids=[f"{case[0]}-{case[1]}" for case in POLICIES])
 def test_policy_follows_the_rendered_directives(name, version, expected):
     record = RECORDS[name]
     promised = component_policy(service_directives(record, version, record.get("client_of")),
