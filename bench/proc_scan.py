@@ -31,7 +31,7 @@ SCAN = (
     f"sys.path[:0] = [{str(REPO / '.collections')!r}, {str(REPO)!r}]\n"
     "from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation "
     "import ProcReader\n"
-    "json.dump(ProcReader().scan(), sys.stdout)\n"
+    "sys.stdout.write(json.dumps(ProcReader().scan()))\n"
 )
 
 

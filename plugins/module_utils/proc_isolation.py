@@ -95,7 +95,7 @@ def decode_file_caps(raw: bytes) -> dict:
 
 
 # The status fields the reader uses; one regex pass is much cheaper than splitting ~60 lines.
-STATUS_FIELDS = ("Name", "PPid", "Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp",
+STATUS_FIELDS = ("Name", "PPid", "Threads", "Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp",
                  "Seccomp_filters", *CAP_SETS)
 _FIELD_ALTERNATION = "|".join(STATUS_FIELDS)
 STATUS_RE = re.compile(rf"^({_FIELD_ALTERNATION}):[ \t]*(.*)$", re.MULTILINE)
@@ -143,6 +143,59 @@ def thread_isolation(fields: dict[str, str]) -> dict:
     }
 
 
+def _between(text: str, start: str, end: str) -> str | None:
+    i = text.find(start)
+    if i < 0:
+        return None
+    j = text.find(end, i + len(start))
+    return text[i:] if j < 0 else text[i:j]
+
+
+def status_key(text: str) -> tuple | None:
+    """The part of a status text that thread_isolation depends on (None: not recognisable).
+
+    Most processes of a host share their credentials, capabilities and seccomp state, so the
+    parsed result is cached under this key; the memory lines between them are left out.
+    """
+    ids = _between(text, "\nUid:", "\nFDSize:")
+    groups = _between(text, "\nGroups:", "\n")
+    caps = _between(text, "\nCapInh:", "\nSpeculation")
+    if ids is None or groups is None or caps is None:
+        return None
+    return ids, groups, caps
+
+
+class StatusCache:
+    """thread_isolation results by status_key; the results are shared, never modified."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self.results: dict[tuple, dict] = {}
+
+    def isolation(self, text: str) -> tuple[dict[str, str], dict]:
+        """(the status fields, the thread's isolation) of a status text."""
+        key = status_key(text)
+        cached = self.results.get(key) if key is not None else None
+        if cached is not None:
+            return _name_fields(text), cached
+        fields = parse_status(text)
+        result = thread_isolation(fields)
+        if key is not None and len(self.results) < self.limit:
+            self.results[key] = result
+        return fields, result
+
+
+def _name_fields(text: str) -> dict[str, str]:
+    """Name, PPid and Threads of a status text, without parsing the rest."""
+    out = {}
+    for key in ("Name", "PPid", "Threads"):
+        line = _between(text, key + ":", "\n") if text.startswith(key) else \
+            _between(text, "\n" + key + ":", "\n")
+        if line is not None:
+            out[key] = line.split(":", 1)[1].strip()
+    return out
+
+
 # Fields whose difference between threads of one process the report calls out.
 THREAD_FIELDS = ("uids", "gids", "groups", "capabilities", "no_new_privs", "seccomp")
 
@@ -158,6 +211,9 @@ class ProcReader:
         self.root = root.rstrip("/") or "/"
         self._digests: dict[tuple, tuple[str | None, bytes | None]] = {}
         self._init_ns: dict[str, str | None] | None = None
+        self._status = StatusCache()
+        self._cgroups: dict[str, tuple[list[str], str | None]] = {}
+        self._shared_ns: dict[tuple, list[str]] = {}
 
     def pids(self) -> list[int]:
         return sorted(int(name) for name in os.listdir(self.root) if name.isdigit())
@@ -245,35 +301,45 @@ class ProcReader:
         """
         base = f"{self.root}/{pid}"
         try:
-            status = parse_status(self._read(base + "/status"))
-            tids = [int(t) for t in os.listdir(base + "/task")]
+            status, main = self._status.isolation(self._read(base + "/status"))
+            # One thread (the common case): no need to list task/.
+            tids = [pid] if status.get("Threads") == "1" else \
+                [int(t) for t in os.listdir(base + "/task")]
         except (FileNotFoundError, ProcessLookupError) as exc:
             raise Vanished(pid) from exc
-        main = thread_isolation(status)
         threads = []
         if len(tids) > 1:
             for tid in sorted(tids):
                 if tid == pid:
                     continue
                 try:
-                    fields = parse_status(self._read(f"{base}/task/{tid}/status"))
+                    fields, shared = self._status.isolation(
+                        self._read(f"{base}/task/{tid}/status"))
                 except (FileNotFoundError, ProcessLookupError):
                     continue  # a thread that exited since the listing
-                entry = thread_isolation(fields)
+                entry = dict(shared)
                 entry["tid"] = tid
                 entry["name"] = fields.get("Name")
                 threads.append(entry)
         ns, problems = self.namespaces(pid)
         try:
-            cgroup = self._read(base + "/cgroup").strip().splitlines()
+            cgroup_text = self._read(base + "/cgroup")
             exe = self.executable(pid)
         except (FileNotFoundError, ProcessLookupError) as exc:
             raise Vanished(pid) from exc
         if (problems or exe is None) and not os.path.isdir(base):
             raise Vanished(pid)  # links vanish with the process: do not report them as absent
-        init_ns = self.init_namespaces()
-        shared = sorted(name for name, value in ns.items()
-                        if value is not None and init_ns.get(name) == value)
+        cgroup = self._cgroups.get(cgroup_text)
+        if cgroup is None:
+            lines = cgroup_text.strip().splitlines()
+            cgroup = self._cgroups[cgroup_text] = (lines, unit_of_cgroup(lines))
+        ns_key = tuple(ns.values())
+        shared_ns = self._shared_ns.get(ns_key)
+        if shared_ns is None:
+            init_ns = self.init_namespaces()
+            shared_ns = self._shared_ns[ns_key] = sorted(
+                name for name, value in ns.items()
+                if value is not None and init_ns.get(name) == value)
         differing = sorted({field for t in threads for field in THREAD_FIELDS
                             if t[field] != main[field]})
         return {
@@ -281,9 +347,9 @@ class ProcReader:
             **{k: main[k] for k in THREAD_FIELDS},
             "missing": main["missing"],
             "namespaces": ns,
-            "namespaces_shared_with_init": shared,
-            "cgroup": cgroup,
-            "unit": unit_of_cgroup(cgroup),
+            "namespaces_shared_with_init": shared_ns,
+            "cgroup": cgroup[0],
+            "unit": cgroup[1],
             "exe": exe,
             "threads": threads,
             "threads_differ": differing,
