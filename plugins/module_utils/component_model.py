@@ -398,7 +398,6 @@ def normalize_component(raw: dict, roots: dict[str, str],
         "ambient_capabilities": bool(raw.get("ambient_capabilities", False)),
         "syscalls": dict(raw.get("syscalls") or {}),
         "network": _network_model(name, raw.get("network")),
-        "network": dict(raw.get("network") or {}),
         "artifacts": normalize_artifacts(name, raw.get("artifacts"), roots["bin"]),
     }
 

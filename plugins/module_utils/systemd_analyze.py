@@ -58,3 +58,24 @@ def parse_security(text: str, json_text: str) -> dict:
                for c in checks if c.get("set") is False and c.get("exposure") not in (None, "")]
     failing.sort(key=lambda c: -c["exposure"])
     return {"exposure": float(overall["score"]), "band": overall["band"], "failing": failing}
+
+
+# Directives whose values are capability names. systemd (252 and 257) drops a name it does not
+# know without any warning, so a misspelled capability is checked here, not by verify.
+CAPABILITY_DIRECTIVES = ("CapabilityBoundingSet", "AmbientCapabilities")
+
+
+def unknown_capabilities(text: str, path: str, known: tuple[str, ...] | list[str]) -> list[dict]:
+    """Findings for capability names in a unit file that are not in known (names without CAP_)."""
+    findings = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        key, sep, value = raw.strip().partition("=")
+        if not sep or key.strip() not in CAPABILITY_DIRECTIVES:
+            continue
+        for word in value.strip().removeprefix("~").split():
+            if word.upper().removeprefix("CAP_") not in known:
+                findings.append({
+                    "file": path, "line": number, "kind": "unknown-capability",
+                    "message": f"{key.strip()}: unknown capability '{word}' (systemd drops it "
+                               "silently). Fix: use a name from capabilities(7)"})
+    return findings

@@ -80,6 +80,9 @@ options:
         description: Octal mode.
         type: str
         required: true
+      component:
+        description: The component the directory belongs to (informational; null for roots).
+        type: str
 """
 
 EXAMPLES = r"""
@@ -185,6 +188,8 @@ def main():
                 "owner": {"type": "str", "required": True},
                 "group": {"type": "str", "required": True},
                 "mode": {"type": "str", "required": True},
+                # component_directories tags each directory with its component (or null).
+                "component": {"type": "str"},
             }},
         },
         supports_check_mode=True,

@@ -33,3 +33,19 @@ def test_security_overall_and_failing_checks():
     assert names[0] == "PrivateNetwork=", "heaviest first"
     assert "RestrictNamespaces=~user" in names
     assert all(c["exposure"] > 0 for c in result["failing"])
+
+
+def test_misspelled_capability_is_a_finding():
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+        CAPABILITIES,
+    )
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
+        unknown_capabilities,
+    )
+    text = (FIX / "bad.service").read_text()
+    text += "AmbientCapabilities=cap_net_raw\nCapabilityBoundingSet=~CAP_SYS_ADMIN CAP_BOGUS\n"
+    findings = unknown_capabilities(text, "/x.service", CAPABILITIES)
+    assert [(f["line"], f["kind"]) for f in findings] == [(4, "unknown-capability"),
+                                                          (8, "unknown-capability")]
+    assert "'CAP_NET_BIND_SERVIC'" in findings[0]["message"]
+    assert "'CAP_BOGUS'" in findings[1]["message"]

@@ -96,6 +96,8 @@ def cmd_lab(args: argparse.Namespace) -> int:
         run([_tool("ansible-playbook"), "-i", str(inventory), str(audit)], env=env, cwd=REPO,
             timeout=3600)
     login = shlex.join(vm.ssh_argv(info))
+    if audit.exists():
+        print(f"\naudit report: {REPO / 'playbooks' / 'audit' / 'report.html'}")
     print(f"\nLab VM '{LAB_INSTANCE}' ({info['distro']}, systemd {info['systemd']}) is up.\n"
           f"  log in:    {login}\n"
           f"  inventory: {inventory}\n"

@@ -30,6 +30,8 @@ APT_COMMANDS = {
     "pscap": "libcap-ng-utils",
     "systemd-analyze": "systemd",
     "git": "git",
+    # Controller only: tests/unit/test_audit_screenshot.py renders the HTML audit report.
+    "chromium": "chromium",
 }
 # Pinned test tools. cosign 2.6.5 is the newest 2.x and postdates the published advisories
 # against 2.x bundle verification; cargo-audit is the newest release at pinning; syft 1.50.0

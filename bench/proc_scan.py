@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Benchmark: scan every process with process_isolation_info's reader against `pscap -a`.
+
+Run as root: `python3 bench/proc_scan.py [--processes 10000] [--runs 7]`. Not a timed test.
+
+It re-executes itself as PID 1 of a new PID namespace with its own /proc, so the processes it
+starts are bounded to that namespace and all die with it (the kernel kills a PID namespace's
+processes when its PID 1 exits, whatever happens to this script). Inside, it forks N sleeping
+children, then times, alternately, `pscap -a` and a fresh Python process that scans every
+process with ProcReader (per thread creds, caps, NoNewPrivs, seccomp, namespaces vs PID 1,
+cgroup, exe sha256 and file caps) and writes the result as JSON, both with output to /dev/null.
+It prints the medians and their ratio and writes them to bench/results/proc_scan.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCAN = (
+    "import json, sys\n"
+    f"sys.path[:0] = [{str(REPO / '.collections')!r}, {str(REPO)!r}]\n"
+    "from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation "
+    "import ProcReader\n"
+    "sys.stdout.write(json.dumps(ProcReader().scan()))\n"
+)
+
+
+def start_sleepers(count: int) -> list[int]:
+    pids = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            while True:
+                signal.pause()
+        pids.append(pid)
+    return pids
+
+
+def timed(argv: list[str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - began
+
+
+def bench(count: int, runs: int, out: Path) -> None:
+    pids = start_sleepers(count)
+    try:
+        seen = sum(1 for name in os.listdir("/proc") if name.isdigit())
+        pscap, scan = [], []
+        timed(["pscap", "-a"])  # warm the dentry cache for both
+        for _ in range(runs):
+            pscap.append(timed(["pscap", "-a"]))
+            scan.append(timed([sys.executable, "-c", SCAN]))
+        result = {
+            "processes_in_namespace": seen, "runs": runs,
+            "pscap_median_s": round(statistics.median(pscap), 3),
+            "scan_median_s": round(statistics.median(scan), 3),
+            "ratio": round(statistics.median(scan) / statistics.median(pscap), 2),
+            "pscap_s": [round(t, 3) for t in pscap], "scan_s": [round(t, 3) for t in scan],
+            "kernel": platform.release(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        }
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            os.waitpid(pid, 0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{seen} processes: pscap -a median {result['pscap_median_s']} s, "
+          f"process_isolation scan median {result['scan_median_s']} s, "
+          f"ratio {result['ratio']} (limit 1.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/proc_scan.json")
+    args = parser.parse_args()
+    if not 1 <= args.processes <= 20000:
+        parser.error("--processes must be between 1 and 20000")
+    if os.getpid() != 1:
+        sys.exit(subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable,
+                                 os.path.abspath(__file__), *sys.argv[1:]]).returncode)
+    bench(args.processes, args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()

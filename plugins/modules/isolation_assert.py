@@ -1,0 +1,163 @@
+#!/usr/bin/python
+# Copyright: (c) 2026, kernelfence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: isolation_assert
+short_description: Fail when the live processes of a unit break an isolation policy
+version_added: "0.2.0"
+description:
+  - Reads every process and thread of a systemd unit from C(/proc) (as
+    M(kernelfence.isolation.process_isolation_info) does) and compares them with a policy.
+  - Fails with one diff entry per violated field, naming the pid, the thread, the field, the
+    expected and the observed value. Never reports C(changed).
+  - A unit with no running process fails, unless O(allow_empty) is set (a socket-activated
+    service that has not been started yet).
+author: kernelfence contributors (@kernelfence)
+attributes:
+  check_mode:
+    description: Reads only; check mode asserts the same.
+    support: full
+  diff_mode:
+    description: Changes nothing, so there is nothing to diff.
+    support: none
+  platform:
+    description: Linux with C(/proc) and systemd on cgroup v2.
+    support: full
+    platforms: posix
+options:
+  unit:
+    description: The systemd unit whose processes must match.
+    type: str
+  pids:
+    description: Check these processes instead of a unit's.
+    type: list
+    elements: int
+  policy:
+    description: What the kernel must show for every process and thread.
+    type: dict
+    required: true
+    suboptions:
+      capabilities:
+        description: Per capability set (C(effective), C(permitted), C(inheritable),
+          C(bounding), C(ambient)) the capabilities allowed; a set not listed is not checked.
+        type: dict
+      no_new_privs:
+        description: NoNewPrivs must be set.
+        type: bool
+      seccomp:
+        description: A seccomp filter must be installed (mode 2, at least one filter).
+        type: bool
+      private_namespaces:
+        description: Namespace types that must differ from PID 1's.
+        type: list
+        elements: str
+      forbidden_uids:
+        description: No real, effective, saved or fs uid may be one of these.
+        type: list
+        elements: int
+  allow_empty:
+    description: Pass when the unit has no process.
+    type: bool
+    default: false
+  proc_root:
+    description: Where C(/proc) is.
+    type: path
+    default: /proc
+"""
+
+EXAMPLES = r"""
+- name: The executor runs without capabilities, confined, never as root
+  kernelfence.isolation.isolation_assert:
+    unit: kf-executor.service
+    policy:
+      capabilities: {effective: [], permitted: [], ambient: [], bounding: []}
+      no_new_privs: true
+      seccomp: true
+      private_namespaces: [ipc, mnt, user]
+      forbidden_uids: [0]
+"""
+
+RETURN = r"""
+violations:
+  description: One entry per violation.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {pid: 812, tid: 812, name: sleep, field: no_new_privs, expected: true, observed: false}
+checked:
+  description: PIDs compared with the policy.
+  returned: always
+  type: list
+  elements: int
+vanished:
+  description: PIDs that exited while they were being read.
+  returned: always
+  type: list
+  elements: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kernelfence.isolation.plugins.module_utils.isolation_policy import (
+    PolicyError,
+    compare,
+    format_diffs,
+    normalize_policy,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
+    ProcReader,
+    unit_pids,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "unit": {"type": "str"},
+            "pids": {"type": "list", "elements": "int"},
+            "policy": {"type": "dict", "required": True, "options": {
+                "capabilities": {"type": "dict"},
+                "no_new_privs": {"type": "bool"},
+                "seccomp": {"type": "bool"},
+                "private_namespaces": {"type": "list", "elements": "str"},
+                "forbidden_uids": {"type": "list", "elements": "int"},
+            }},
+            "allow_empty": {"type": "bool", "default": False},
+            "proc_root": {"type": "path", "default": "/proc"},
+        },
+        required_one_of=[("unit", "pids")],
+        mutually_exclusive=[("unit", "pids")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        policy = normalize_policy({k: v for k, v in params["policy"].items() if v is not None})
+    except PolicyError as exc:
+        module.fail_json(msg=str(exc))
+    target = params["unit"] or "pids"
+    if params["unit"]:
+        systemctl = module.get_bin_path("systemctl", required=True)
+        try:
+            pids, _cgroup = unit_pids(module.run_command, systemctl, params["unit"])
+        except ValueError as exc:
+            module.fail_json(msg=f"unit: {exc}")
+    else:
+        pids = params["pids"]
+    scan = ProcReader(params["proc_root"]).scan(pids)
+    result = {"changed": False, "checked": [p["pid"] for p in scan["processes"]],
+              "vanished": scan["vanished"], "violations": []}
+    if not scan["processes"] and not params["allow_empty"]:
+        module.fail_json(msg=f"{target}: no running process to check. Fix: start the unit, or "
+                             "set allow_empty for a socket-activated service", **result)
+    result["violations"] = compare(scan["processes"], policy)
+    if result["violations"]:
+        module.fail_json(msg=f"{target} breaks the isolation policy: "
+                             f"{format_diffs(result['violations'])}", **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The HTML audit report as a browser shows it: Debian's chromium, headless, one screenshot.
+
+chromium is a controller package the harness installs (tools/kflab/setup.py APT_COMMANDS).
+The screenshot is decoded here (PNG, no imaging library) and its colours counted: the matrix
+must show green and red cells in proportion to the checks, on a page that is not blank.
+"""
+
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import test_audit
+from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import html_report
+
+GREEN, RED = (0x2D, 0xA4, 0x4E), (0xCF, 0x22, 0x2E)
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and RGB(A) rows of an 8-bit, non-interlaced PNG (what chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, colour, _c, _f, interlace = header
+    assert depth == 8 and colour in (2, 6) and interlace == 0, header
+    bpp = 3 if colour == 2 else 4
+    raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return width, height, [bytes(r[i:i + 3]) for r in rows for i in range(0, stride, bpp)]
+
+
+def screenshot(page: str, tmp_path: Path) -> Path:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: run ./kf setup (tools/kflab/setup.py installs it)"
+    (tmp_path / "report.html").write_text(page)
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                    "--window-size=1400,900", f"--screenshot={shot}",
+                    (tmp_path / "report.html").as_uri()],
+                   check=True, timeout=120, capture_output=True)
+    return shot
+
+
+def test_report_renders_green_and_red_matrix(tmp_path):
+    evidences = [test_audit.evidence("kf12", "seccomp"), test_audit.evidence("kf13", "ambient")]
+    page = html_report(evidences)
+    width, height, pixels = decode_png(screenshot(page, tmp_path).read_bytes())
+    assert (width, height) == (1400, 900)
+    green = sum(1 for p in pixels if p == bytes(GREEN))
+    red = sum(1 for p in pixels if p == bytes(RED))
+    white = sum(1 for p in pixels if p == b"\xff\xff\xff")
+    checks = [c for e in evidences for c in e["checks"]]
+    attacks = [a for e in evidences for a in e["attacks"]]
+    passed = sum(c["passed"] for c in checks) + sum(a["passed"] for a in attacks)
+    failed = len(checks) + len(attacks) - passed
+    # Each cell is at least ~20x20 px of its colour (glyphs aside): the counts follow the checks.
+    assert green > 250 * passed, (green, passed)
+    assert red > 250 * failed, (red, failed)
+    assert white < 0.97 * len(pixels), "page is blank"
+    # A failing matrix has more red than green here; the all-green report below flips it.
+    assert red > green
+
+
+def test_all_green_report_has_no_red_cells(tmp_path):
+    evidence = test_audit.evidence("kf12", "seccomp")
+    evidence["checks"] = [dict(c, passed=True) for c in evidence["checks"]]
+    evidence["attacks"] = [dict(a, passed=True) for a in evidence["attacks"]]
+    _w, _h, pixels = decode_png(screenshot(html_report([evidence]), tmp_path).read_bytes())
+    assert sum(1 for p in pixels if p == bytes(RED)) == 0
+    assert sum(1 for p in pixels if p == bytes(GREEN)) > 250 * len(evidence["checks"])

@@ -1,0 +1,119 @@
+"""process_isolation_info, isolation_assert, unit_security and the audit, in the booted VM.
+
+All module calls happen in ONE ansible-playbook run (playbooks/isolation_modules.yml, which
+also imports playbooks/audit.yml); the tests read its results and check them against the
+guest's /proc read independently over SSH.
+"""
+
+import json
+import os
+import subprocess
+from xml.etree import ElementTree
+
+import pytest
+from conftest import REPO, ns_ids, proc_status, systemd_version
+from test_bad_input import newer_directive
+
+UNITS = ["kf-orchestrator.service", "kf-executor.service", "kf-model_backend.service"]
+
+
+@pytest.fixture(scope="module")
+def run(host, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("isolation")
+    results, audit_dir = tmp / "results.json", tmp / "audit"
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="default")
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         "--limit", host.backend.get_hostname(),
+         "-e", f"kf_results={results}", "-e", f"kernelfence_audit_dir={audit_dir}",
+         "-e", f"kf_unknown_directive={newer_directive(host)}",
+         str(REPO / "tests/vm/playbooks/isolation_modules.yml")],
+        capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return {"results": json.loads(results.read_text()), "audit": audit_dir,
+            "host": host.backend.get_hostname()}
+
+
+def test_info_reports_what_proc_shows(host, run):
+    info = run["results"]["info"]
+    assert not info["changed"]
+    init_ns = ns_ids(host, 1)
+    for unit in UNITS:
+        pids = info["units"][unit]["pids"]
+        assert pids, f"{unit}: no process found"
+        for pid in pids:
+            record = next(p for p in info["processes"] if p["pid"] == pid)
+            assert record["unit"] == unit
+            # Independent reading of the same process over SSH.
+            status = proc_status(host, pid)[0]
+            assert [str(record["uids"][k]) for k in ("real", "effective", "saved", "fs")] \
+                == status["Uid"].split()
+            assert record["uids"]["effective"] != 0
+            assert all(v == [] for v in record["capabilities"].values()), record["capabilities"]
+            assert record["no_new_privs"] is True
+            assert record["seccomp"]["mode"] == "filter" and record["seccomp"]["filters"] >= 1
+            assert record["seccomp"]["filters"] == int(status["Seccomp_filters"])
+            ns = ns_ids(host, pid)
+            for kind in ("ipc", "mnt", "user", "uts"):
+                assert record["namespaces"][kind] == ns[kind] != init_ns[kind], (unit, kind)
+                assert kind not in record["namespaces_shared_with_init"]
+            exe = host.run("readlink /proc/%s/exe", str(pid)).stdout.strip()
+            digest = host.run("sha256sum /proc/%s/exe", str(pid)).stdout.split()[0]
+            assert record["exe"]["path"] == exe and record["exe"]["sha256"] == digest
+            assert record["exe"]["file_capabilities"] is None
+
+
+def test_components_pass_the_policy_and_the_loosened_unit_fails_with_a_diff(run):
+    ok = run["results"]["assert_components"]
+    assert not ok.get("failed") and ok["violations"] == [] and len(ok["checked"]) >= 3, ok
+    bad = run["results"]["assert_loosened"]
+    assert bad["failed"], bad
+    fields = {v["field"]: v for v in bad["violations"]}
+    assert fields["no_new_privs"]["expected"] is True
+    assert fields["no_new_privs"]["observed"] is False
+    assert fields["capabilities.ambient"]["observed"] == ["CAP_NET_RAW"]
+    assert fields["seccomp"]["observed"]["mode"] == "disabled"
+    # PrivateIPC=yes is set on the loosened unit: its ipc namespace is private, so no diff.
+    assert "namespaces.ipc" not in fields and "namespaces.mnt" in fields
+    assert "no_new_privs: expected True, observed False" in bad["msg"]
+    assert "capabilities.ambient: expected [], observed ['CAP_NET_RAW']" in bad["msg"]
+
+
+def test_unit_security_flags_every_ignored_part(host, run):
+    bad = run["results"]["bad_unit"]
+    assert bad["failed"]
+    kinds = {(f["line"], f["kind"]) for f in bad["ignored"]}
+    assert (3, "unknown-capability") in kinds
+    assert (4, "unknown-directive") in kinds
+    assert (5, "unparsable-value") in kinds
+    assert any("~@privileged" in f["message"] for f in bad["ignored"] if f["line"] == 5)
+    assert f"Unknown key '{newer_directive(host)}'" in bad["msg"]
+    assert "unknown capability 'CAP_NET_BIND_SERVIC'" in bad["msg"]
+    live = run["results"]["live_unit"]
+    assert live["verified"][0] == "/etc/systemd/system/kf-executor.service"
+    assert live["ignored"] == [] and live["exposure"] is not None and live["checks"]
+
+
+def test_audit_writes_evidence_junit_and_report(host, run):
+    audit, name = run["audit"], run["host"]
+    evidence = json.loads((audit / f"{name}.json").read_text())
+    assert evidence["host"] == name
+    versions = evidence["versions"]
+    assert versions["systemd"].split()[1] == str(systemd_version(host))
+    assert versions["kernel"] == host.run("uname -r").stdout.strip()
+    assert versions["libseccomp"] and versions["libseccomp"][0] == "2"
+    for item in evidence["checks"]:
+        assert {"component", "property", "command", "expected", "observed", "passed"} <= set(item)
+    failed = [c for c in evidence["checks"] if not c["passed"]]
+    print(f"AUDIT {name}: {len(evidence['checks'])} checks, {len(failed)} failed: "
+          + "; ".join(f"{c['component']} {c['property']}: expected {c['expected']}, "
+                      f"observed {c['observed']}" for c in failed))
+    names = {c["name"] for c in evidence["components"]}
+    assert {"orchestrator", "executor", "model_backend"} <= names
+    assert failed == [], failed
+    suites = ElementTree.parse(audit / f"{name}.junit.xml").getroot()
+    assert int(suites.get("tests")) == len(evidence["checks"])
+    assert int(suites.get("failures")) == 0
+    page = (audit / "report.html").read_text()
+    assert "Components &times; properties" in page and f'<td class="name">{name}</td>' in page
