@@ -44,8 +44,8 @@ def chain(records, name, options=None):
 
 def test_getent_parsed_from_recorded_output():
     uids, gids = ids()
-    assert uids["kf-executor"] == 998
-    assert gids["kf-model-backend"] == 997
+    assert uids["kf-executor"] == 997
+    assert gids["kf-model-backend"] == 995
     assert "kf-model-backend-clients" in gids
 
 
@@ -93,10 +93,10 @@ def test_only_component_identities_are_matched(records):
     uids, gids = ids()
     text = "\n".join(line for line in render(records, uids, gids).splitlines()
                      if not line.strip().startswith("#"))
-    assert ("meta skuid vmap { 999 : jump orchestrator, 998 : jump executor, "
-            "997 : jump model_backend }") in text
-    assert ("meta skgid vmap { 999 : jump orchestrator, 998 : jump executor, "
-            "997 : jump model_backend }") in text
+    assert ("meta skuid vmap { 999 : jump orchestrator, 997 : jump executor, "
+            "996 : jump model_backend }") in text
+    assert ("meta skgid vmap { 997 : jump orchestrator, 996 : jump executor, "
+            "995 : jump model_backend }") in text
     # No input chain, no drop policy, no flush: nothing here can cut the operator's session.
     assert "hook input" not in text and "policy drop" not in text and "flush" not in text
     assert text.count("type filter hook output priority filter; policy accept;") == 1
