@@ -80,6 +80,9 @@ options:
         description: Octal mode.
         type: str
         required: true
+      component:
+        description: Component the directory belongs to (informational).
+        type: str
 """
 
 EXAMPLES = r"""
@@ -185,6 +188,7 @@ def main():
                 "owner": {"type": "str", "required": True},
                 "group": {"type": "str", "required": True},
                 "mode": {"type": "str", "required": True},
+                "component": {"type": "str"},
             }},
         },
         supports_check_mode=True,
