@@ -62,7 +62,8 @@ def plan(groups: list[str], users: list[dict], directories: list[dict], passwd: 
     for want in directories:
         current = stat(want["path"])
         if current is None:
-            actions.append({"action": "mkdir", **want})
+            actions.append({"action": "mkdir", "path": want["path"], "owner": want["owner"],
+                            "group": want["group"], "mode": want["mode"]})
             continue
         uid, gid, mode = current
         if uid_name.get(uid) != want["owner"] or gid_name.get(gid) != want["group"]:

@@ -81,7 +81,7 @@ options:
         type: str
         required: true
       component:
-        description: The component the directory belongs to (informational; null for roots).
+        description: Component the directory belongs to (informational).
         type: str
 """
 
@@ -188,7 +188,6 @@ def main():
                 "owner": {"type": "str", "required": True},
                 "group": {"type": "str", "required": True},
                 "mode": {"type": "str", "required": True},
-                # component_directories tags each directory with its component (or null).
                 "component": {"type": "str"},
             }},
         },
