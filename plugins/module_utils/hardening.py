@@ -175,5 +175,5 @@ def service_directives(record: dict, systemd_version: int,
         key = "LoadCredentialEncrypted" if cred.get("encrypted") else "LoadCredential"
         out.append((key, f"{cred['name']}:{cred['src']}"))
     # The component's own extra directives last; the model refuses any the pipeline renders.
-    out += [(key, value) for key, value in record.get("directives") or []]
+    out += [tuple(pair) for pair in record.get("directives") or []]
     return out

@@ -287,7 +287,7 @@ def main():
             if not module.check_mode:
                 rc, out, err = _systemctl(module, "start", name)
                 if rc != 0:
-                    _, status, _ = _systemctl(module, "status", "--no-pager", "-n", "20", name)
+                    status = _systemctl(module, "status", "--no-pager", "-n", "20", name)[1]
                     module.fail_json(msg=f"{name} failed to start: {err.strip()}",
                                      status=status, changed=True)
     restart_needed = [n for n in changed_units if active_before.get(n) and n not in started]

@@ -31,8 +31,8 @@ def test_example_inventory_is_a_valid_model():
     data = yaml.safe_load(
         (repo / "inventory/example/group_vars/kernelfence/components.yml").read_text())
     records = normalize_components(data["kernelfence_components"])
-    assert [r["profile"] for r in records] == ["orchestrator", "executor", "model_backend",
-                                                  "custom"]
+    profiles = [r["profile"] for r in records]
+    assert profiles == ["orchestrator", "executor", "model_backend", "custom"]
 
 
 def test_directories_are_least_privilege():
