@@ -27,6 +27,9 @@ def workload_pids(host, name):
 def test_unit_active(host, name):
     assert host.service(f"kf-{name}.service").is_running
     assert host.service(f"kf-{name}.socket").is_running
+    # Running right now is not enough: a crash loop is "active" between two restarts.
+    restarts = host.run("systemctl show -P NRestarts kf-%s.service", name).stdout.strip()
+    assert restarts == "0", f"kf-{name}.service restarted {restarts} times"
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
