@@ -143,10 +143,21 @@ def _build(distro: Distro, work: Path) -> None:
     if donor:
         shutil.copy2(donor.kernel, work / "vmlinuz")
         shutil.copy2(donor.initrd, work / "initrd.img")
-        # The donor's modules, read out of its filesystem image without mounting it.
+        # The donor's modules, read out of its filesystem image without mounting it. rdump
+        # recreates the directory it dumps inside the target: dump to a scratch directory and
+        # move each kernel's tree to /usr/lib/modules/<version> (a nested modules/modules/
+        # leaves the guest unable to load any module, e.g. nf_tables for nft).
+        scratch = work / "donor-modules"
+        scratch.mkdir()
+        run(["debugfs", "-R", f"rdump /usr/lib/modules {scratch}", str(donor.disk)], timeout=600)
         modules = root / "usr/lib/modules"
         modules.mkdir(parents=True, exist_ok=True)
-        run(["debugfs", "-R", f"rdump /usr/lib/modules {modules}", str(donor.disk)], timeout=600)
+        for tree in (scratch / "modules").iterdir():
+            shutil.move(str(tree), str(modules / tree.name))
+        shutil.rmtree(scratch)
+        if not list(modules.glob("*/modules.dep")):
+            raise HarnessError(f"{distro.name}: no modules.dep under {modules} after copying "
+                               f"the {distro.kernel_from} kernel's modules")
     else:
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         initrds = sorted((root / "boot").glob("initrd.img-*"))
