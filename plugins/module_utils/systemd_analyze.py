@@ -18,6 +18,9 @@ IGNORED_PATTERNS = [
      "unknown-directive"),
     (re.compile(r"Unknown section '(?P<section>[^']+)'"), "unknown-section"),
     (re.compile(r"Failed to parse (?P<what>.+?), ignoring"), "unparsable-value"),
+    # systemd 257 words the same finding (an unknown syscall name, e.g. '~@privileged' inside
+    # an allow list) differently from 252's "Failed to parse system call".
+    (re.compile(r"System call (?P<what>\S+) is not known, ignoring"), "unparsable-value"),
     (re.compile(r"Invalid (?P<what>.+?), ignoring"), "invalid-value"),
     (re.compile(r"(?P<what>.+?) ignoring(?:\.|:)"), "ignored"),
     (re.compile(r"Special user (?P<user>\S+) configured, this is not safe"), "unsafe-user"),

@@ -49,3 +49,12 @@ def test_misspelled_capability_is_a_finding():
                                                           (8, "unknown-capability")]
     assert "'CAP_NET_BIND_SERVIC'" in findings[0]["message"]
     assert "'CAP_BOGUS'" in findings[1]["message"]
+
+
+def test_verify_reads_systemd_257s_wording_of_an_ignored_syscall():
+    # Recorded in the Debian 13 guest (systemd 257) for the post's one-line filter.
+    stderr = ("/run/kf-bad-test.service:5: System call ~@privileged is not known, ignoring.\n"
+              "/run/kf-bad-test.service:4: Unknown key 'PrivateBPF' in section [Service], "
+              "ignoring.\n")
+    kinds = {(f["line"], f["kind"]) for f in parse_verify(stderr)}
+    assert kinds == {(5, "unparsable-value"), (4, "unknown-directive")}
