@@ -236,9 +236,6 @@ def cmd_test(args: argparse.Namespace) -> int:
         finally:
             shutil.rmtree(sanity, ignore_errors=True)
         stages.run("galaxy build+install", [sys.executable, "-m", "tools.kflab.galaxy"], env=env)
-    stages.run("pytest tests/unit", [_tool("pytest"), "-q", "tests/unit"], env=env)
-    stages.run("pytest tests/harness (real qemu cleanup)", [_tool("pytest"), "-q", "tests/harness"],
-               env=env)
     began = time.monotonic()
     try:
         _join_tools(tools)
@@ -247,6 +244,10 @@ def cmd_test(args: argparse.Namespace) -> int:
         log(str(exc))
         stages.record("pinned tools (cosign, syft, cargo-audit)", False,
                       time.monotonic() - began)
+    # After the tools: the verifier's unit tests run the real cosign and syft.
+    stages.run("pytest tests/unit", [_tool("pytest"), "-q", "tests/unit"], env=env)
+    stages.run("pytest tests/harness (real qemu cleanup)", [_tool("pytest"), "-q", "tests/harness"],
+               env=env)
     for scenario in wanted:
         stages.run(f"molecule test -s {scenario}",
                    [_tool("molecule"), "test", "-s", scenario], env=env, timeout=2400)
