@@ -232,6 +232,43 @@ def _playbook(host, playbook, extra, tmp_path):
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 
+def test_role_twice_over_the_same_connection_keeps_the_session(host, endpoints, tmp_path):
+    """The role runs twice in one play (one SSH connection): first with an extra endpoint
+    (the handler reloads the table and the executor reaches 8089), then with the model again
+    (reloaded back: refused). A shell session opened before keeps ticking throughout."""
+    session = subprocess.Popen(
+        [*_inventory_ssh(host), "i=0; while [ $i -lt 900 ]; do echo $i; i=$((i+1)); sleep 1; done"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert session.stdout.readline().strip() == "0"  # control: the session is up
+        began = time.monotonic()
+        model = copy.deepcopy(EXAMPLE["kernelfence_components"])
+        widened = copy.deepcopy(model)
+        next(c for c in widened if c["name"] == "executor")["network"]["egress"].append(
+            {"host": "127.0.0.1", "port": 8089})
+        rc, out = _playbook(host, REPO / "tests/vm/playbooks/network_policy_twice.yml",
+                            {"kf_test_model": model, "kf_test_widened": widened}, tmp_path)
+        assert rc == 0, out[-4000:]
+        assert out.count("Reload the kernelfence network policy]") == 2, out[-4000:]
+        assert "WIDENED OK" in out, out[-4000:]
+        assert "NARROWED EHOSTUNREACH" in out, out[-4000:]
+        elapsed = time.monotonic() - began
+        # The session lived through both reloads and still answers: the pipe holds every tick
+        # since it started; read up to the ticks of now (EOF first means the session died).
+        last = -1
+        while last < int(elapsed) - 5:
+            line = session.stdout.readline().strip()
+            if not line:
+                break
+            last = int(line)
+        assert session.poll() is None, "the session ended during the play"
+        assert last >= int(elapsed) - 5, (last, elapsed)
+        print(f"SESSION {host.backend.get_hostname()} survived {elapsed:.0f} s, last tick {last}")
+    finally:
+        session.kill()
+        session.wait()
+
+
 BAD_INPUT = {
     "malformed-address": (
         {"executor": {"network": {"egress": [{"host": "127.0.0.300", "port": 8088}]}}},
