@@ -20,8 +20,8 @@ FIX = Path(__file__).parent / "fixtures/artifacts"
 COSIGN = os.environ.get("KF_COSIGN") or shutil.which("cosign") or str(
     Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/cosign")
 HAVE_COSIGN = os.access(COSIGN, os.X_OK)
-# The cosign path needs the pinned cosign, which the harness builds after the unit stage on a
-# cold machine; there it is reported as skipped, everywhere else it runs.
+# The cosign path needs the pinned cosign. `./kf test` runs the unit stage only after the pinned
+# tools are built, so there it always runs; only a hand-run pytest without the tools skips it.
 BACKENDS = ["python", pytest.param("cosign", marks=pytest.mark.skipif(
     not HAVE_COSIGN, reason=f"cosign not built yet at {COSIGN}"))]
 
