@@ -286,8 +286,11 @@ def html_report(evidences: list[dict], attacks: list[dict] | None = None) -> str
     parts.append("</table>")
     parts.append("<h2>Attack matrix</h2>")
     if attacks:
+        # The probe's baseline: the same attempt as the same user without the confinement.
+        with_baseline = any("baseline" in a for a in attacks)
         parts.append("<table><tr><th>host</th><th>component</th><th>attempt</th>"
-                     "<th>expected</th><th>observed</th><th>errno</th><th>result</th></tr>")
+                     "<th>expected</th><th>observed</th><th>errno</th><th>result</th>"
+                     + ("<th>without confinement</th>" if with_baseline else "") + "</tr>")
         for attack in attacks:
             css = "pass" if attack["passed"] else "fail"
             parts.append(
@@ -297,7 +300,9 @@ def html_report(evidences: list[dict], attacks: list[dict] | None = None) -> str
                 f"<td>{html.escape(str(attack['expected']))}</td>"
                 f"<td>{html.escape(str(attack['observed']))}</td>"
                 f"<td>{html.escape(_errno(attack['errno']))}</td>"
-                f'<td class="{css}">{"blocked" if attack["passed"] else "NOT blocked"}</td></tr>')
+                f'<td class="{css}">{"blocked" if attack["passed"] else "NOT blocked"}</td>'
+                + (f"<td>{html.escape(str(attack.get('baseline', '')))}</td>"
+                   if with_baseline else "") + "</tr>")
         parts.append("</table>")
     else:
         parts.append('<div class="meta">No attack results yet. An attack probe feeds this '

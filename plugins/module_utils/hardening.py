@@ -46,8 +46,11 @@ BASE: list[tuple[str, str]] = [
 # The deny list applied after the @system-service allow list. It must stay a separate
 # SystemCallFilter= line: a leading '~' applies to a whole line only.
 SYSCALL_ALLOW = ["@system-service"]
+# io_uring is in @system-service, but no component needs it and it has been the door of many
+# kernel privilege escalations (the attack suite found it open: tests/vm/test_attack.py).
 SYSCALL_DENY = ["@privileged", "@resources", "@mount", "@debug", "@module", "@reboot", "@swap",
-                "@clock", "@cpu-emulation", "@obsolete", "@raw-io", "@keyring"]
+                "@clock", "@cpu-emulation", "@obsolete", "@raw-io", "@keyring",
+                "io_uring_setup", "io_uring_enter", "io_uring_register"]
 
 # What the bubblewrap wrapper itself needs before it execs the workload (systemd < 257): it
 # creates user, mount and PID namespaces, pivots into its new root and drops the capabilities
@@ -105,11 +108,15 @@ def wrapper_argv(seccomp_profile: str | None = None) -> list[str]:
     The launcher compiles the component's OCI seccomp profile with libseccomp and hands it to
     bwrap (--seccomp FD), which loads it just before it execs the workload.
     """
+    # --proc /proc: a procfs of the new PID namespace. Without it the workload kept the host's
+    # /proc, where ProtectProc=invisible hides other users' processes but not its own user's
+    # host PIDs (the attack suite's procfs-of-host attempt found them). bwrap mounts /proc/sys
+    # and the other kernel knobs of the new /proc read-only.
     # No --disable-userns: it writes /proc/sys/user/max_user_namespaces, which
     # ProtectKernelTunables=yes keeps read-only. The seccomp profile bwrap loads denies the
     # workload every namespace-creating call instead (see seccomp_profile.NAMESPACE_SYSCALLS).
     argv = [BWRAP, "--bind", "/", "/", "--dev-bind", "/dev", "/dev",
-            "--unshare-user", "--unshare-pid",
+            "--unshare-user", "--unshare-pid", "--proc", "/proc",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     launcher = [*LAUNCHER, seccomp_profile, "--"] if seccomp_profile else []
     return [*launcher, *argv, "--"]

@@ -55,7 +55,7 @@ def test_wrapper_on_252_admits_only_its_namespaces(records):
     assert unit["RestrictNamespaces"] == ["user mnt pid"]
     argv = wrapper_argv()
     assert argv[0] == "/usr/bin/bwrap" and argv[-1] == "--"
-    for flag in ("--unshare-pid", "--unshare-user", "--die-with-parent", "--cap-drop"):
+    for flag in ("--unshare-pid", "--unshare-user", "--die-with-parent", "--cap-drop", "--proc"):
         assert flag in argv
 
 

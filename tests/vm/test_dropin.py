@@ -48,8 +48,9 @@ def test_the_dropin_meets_its_profile_threshold_live(host):
     # Control: the operator's unit without the drop-in is far above any profile threshold.
     # Scored from a copy under another name: systemd-analyze loads drop-ins by unit name from
     # the search path, so a copy still named UNIT (anywhere) would be scored with ours.
-    bare = host.run(f"install -D -m 0644 /etc/systemd/system/{UNIT} /run/kf-bare/kfbarecontrol.service"
-                    " && systemd-analyze security --offline=yes --no-pager"
-                    " /run/kf-bare/kfbarecontrol.service; rm -rf /run/kf-bare").stdout
+    copy = "/run/kf-bare/kfbarecontrol.service"
+    bare = host.run(f"install -D -m 0644 /etc/systemd/system/{UNIT} {copy} && "
+                    f"systemd-analyze security --offline=yes --no-pager {copy}; "
+                    "rm -rf /run/kf-bare").stdout
     assert float(bare.strip().splitlines()[-1].split(":")[1].split()[0]) > 5
     assert score <= limit
