@@ -231,9 +231,8 @@ def evaluate(plan: list[dict], confined: dict, baseline: dict | None) -> dict:
         got = confined.get(item["id"], "missing")
         row = {"id": item["id"], "category": item["category"], "attempt": item["attempt"],
                "control": item["control"], "expected": item["expect"], "observed": got,
-               "passed": got == item["expect"], "escaped": (not item["control"]
-                                                             and got in LET_THROUGH),
-               "why": item["why"]}
+               "passed": got == item["expect"],
+               "escaped": not item["control"] and got in LET_THROUGH, "why": item["why"]}
         if baseline is not None:
             base = baseline.get(item["id"], "missing")
             row["baseline"] = base
@@ -301,7 +300,7 @@ def sibling_unit(merged: str, record: dict, probe_argv: list[str], result_file: 
             continue
         kept = []
         for line in lines:
-            key, _, value = line.partition("=")
+            key, value = line.split("=", 1) if "=" in line else (line, "")
             if section == "[Unit]" and key in ("Requires", "After", "Wants", "BindsTo",
                                                "PartOf") and value.strip() in sockets:
                 continue

@@ -368,15 +368,16 @@ def run_plan(plan: list[dict]) -> dict:
 
 def main(argv: list[str]) -> int:
     if platform.machine() != "x86_64":
-        print(json.dumps({"error": f"the probe knows x86_64 syscall numbers only, not "
-                                   f"{platform.machine()}"}))
+        sys.stdout.write(json.dumps({"error": "the probe knows x86_64 syscall numbers only, "
+                                              f"not {platform.machine()}"}) + "\n")
         return 2
     with open(argv[1], encoding="utf-8") as handle:
         plan = json.load(handle)
     identity = {"uid": os.getuid(), "euid": os.geteuid(), "pid": os.getpid()}
-    print(json.dumps({"identity": identity, "results": run_plan(plan)}, sort_keys=True))
+    sys.stdout.write(json.dumps({"identity": identity, "results": run_plan(plan)},
+                                sort_keys=True) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    raise SystemExit(main(sys.argv))

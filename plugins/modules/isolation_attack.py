@@ -9,7 +9,7 @@ module: isolation_attack
 short_description: Attack the other components from inside one component's confinement
 version_added: "0.3.0"
 description:
-  - Runs the attack probe as a compromised component would: a runtime sibling of the
+  - Runs the attack probe as a compromised component would, in a runtime sibling of the
     component's unit (its own text from C(systemctl cat), every sandboxing, identity, seccomp and
     network directive unchanged, C(JoinsNamespaceOf=) the unit, only the command replaced by the
     probe) tries to read the other components' credentials and state, write the model backend's
@@ -23,8 +23,8 @@ description:
   - With O(baseline), the same plan runs as the component's user in a plain unit without any
     hardening, to show what the confinement takes away.
   - Endpoints the network attempts need are served by the module itself on the host's
-    loopback for the duration of the run. Nothing is sent outside the host.
-  - Leaves nothing behind: the runtime units under C(/run/systemd/system) and the probe under
+    loopback for the duration of the run; nothing is sent outside the host.
+  - Leaves nothing behind; the runtime units under C(/run/systemd/system) and the probe under
     C(/run/kf-attack) are removed after the run.
 author: kernelfence contributors (@kernelfence)
 attributes:
