@@ -210,11 +210,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="write nothing; exit 1 if a README or defaults/main.yml is stale")
     args = parser.parse_args(argv)
     roles = [r.resolve() for r in args.roles] or role_dirs()
-    if args.check:
-        problems = stale_readmes(roles) + [p for r in roles for p in defaults_drift(r)]
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        return 1 if problems else 0
+    try:
+        return _check(roles) if args.check else _write(roles)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"role_readme: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check(roles: list[Path]) -> int:
+    problems = stale_readmes(roles) + [p for r in roles for p in defaults_drift(r)]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _write(roles: list[Path]) -> int:
     for role in roles:
         readme = role / "README.md"
         new = updated_readme(role)

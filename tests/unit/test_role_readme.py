@@ -134,3 +134,9 @@ def test_rendering_of_nested_options_markup_and_entry_points(tmp_path):
     assert "### Entry point `extra`" in block
     assert "Use with `tasks_from: extra`" in block
     assert "No options." in block
+
+
+def test_command_line_names_a_role_without_spec(role_copy, capsys):
+    (role_copy / "meta" / "argument_specs.yml").unlink()
+    assert role_readme.main([str(role_copy)]) == 2
+    assert "network_policy/meta/argument_specs.yml: missing" in capsys.readouterr().err
