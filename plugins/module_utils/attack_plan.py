@@ -102,6 +102,8 @@ def build_plan(attacker: dict, records: list[dict], systemd: int, facts: dict) -
                    why="its own PID namespace: the host PID names no process there"))
         add(_entry(f"ptrace-{name}", "processes", f"ptrace {name}'s process", "ptrace_attach",
                    [pid], "EPERM", why="ptrace is outside @system-service: seccomp EPERM"))
+        add(_entry(f"cmdline-{name}", "processes", f"read {name}'s command line",
+                   "open_read", [f"/proc/{pid}/cmdline"], "ENOENT"))
         add(_entry(f"environ-{name}", "processes", f"read /proc/{pid}/environ of {name}",
                    "open_read", [f"/proc/{pid}/environ"], "ENOENT"))
         add(_entry(f"mem-{name}", "processes", f"read /proc/{pid}/mem of {name}", "open_read",
@@ -122,16 +124,15 @@ def build_plan(attacker: dict, records: list[dict], systemd: int, facts: dict) -
         cred = orchestrator["credentials"][0]["name"]
         add(_entry("proc1-root-credential", "processes",
                    f"read {orchestrator['name']}'s credential through /proc/1/root", "open_read",
-                   [f"/proc/1/root/run/credentials/{_unit(orchestrator)}/{cred}"],
-                   "EACCES" if native else "ENOENT",
-                   why="257: PID 1 of its namespace is the probe itself, the credential's own "
-                       "permissions refuse; 252: under bubblewrap PID 1 is the host's, hidden "
-                       "by ProtectProc=invisible"))
+                   [f"/proc/1/root/run/credentials/{_unit(orchestrator)}/{cred}"], "EACCES",
+                   why="PID 1 of its own PID namespace is its own (the probe under PrivatePIDs=, "
+                       "bubblewrap under the wrapper): that root is its own view, where the "
+                       "credential's permissions refuse"))
 
     add(_entry("write-proc-sys", "kernel", "write a kernel tunable (/proc/sys/kernel/core_pattern)",
-               "open_write", ["/proc/sys/kernel/core_pattern"], "ENOENT" if native else "EROFS",
-               why="257: ProcSubset=pid leaves no /proc/sys; 252: its /proc (bubblewrap's) has "
-                   "/proc/sys read-only"))
+               "open_write", ["/proc/sys/kernel/core_pattern"], "ENOENT" if native else "EACCES",
+               why="257: ProcSubset=pid leaves no /proc/sys; 252: root-owned, and root is not "
+                   "mapped in its user namespace (bubblewrap also mounts /proc/sys read-only)"))
     add(_entry("read-kmsg", "kernel", "read the kernel log (/proc/kmsg)", "open_read",
                ["/proc/kmsg"], "ENOENT" if native else "EACCES",
                why="257: ProcSubset=pid leaves no /proc/kmsg; 252: root-only, and root is "
@@ -161,11 +162,26 @@ def build_plan(attacker: dict, records: list[dict], systemd: int, facts: dict) -
         add(_entry(ident, "kernel", text, kind, [], "EPERM"))
     add(_entry("packet-socket", "network", "open a packet socket", "packet_socket", [],
                "EAFNOSUPPORT", why="RestrictAddressFamilies= admits AF_INET and AF_UNIX only"))
+    add(_entry("netlink-socket", "network", "open a netlink socket (routes, firewall)",
+               "netlink_socket", [], "EAFNOSUPPORT"))
+    add(_entry("inet6-socket", "network", "open an IPv6 socket (around an IPv4 allow list)",
+               "inet6_socket", [], "EAFNOSUPPORT"))
+    add(_entry("personality", "kernel", "switch to READ_IMPLIES_EXEC (personality)",
+               "personality_exec", [], "EPERM", why="LockPersonality=yes"))
+    add(_entry("setuid-plant", "privilege", "plant a setuid file of its own", "chmod_setuid",
+               [attacker["state_dir"]], "EPERM", why="RestrictSUIDSGID=yes"))
     add(_entry("bind-privileged-port", "network", "bind 127.0.0.1:80", "bind_port", [80],
                "EACCES"))
     add(_entry("setuid-su", "privilege", "gain root through the setuid-root /usr/bin/su",
                "setuid_exec", ["/usr/bin/su"], "unprivileged",
                why="NoNewPrivileges=yes: the setuid bit is ignored at execve"))
+    add(_entry("setuid-passwd", "privilege", "gain root through the setuid-root /usr/bin/passwd",
+               "setuid_exec", ["/usr/bin/passwd"], "unprivileged"))
+    for marker in facts.get("markers") or []:
+        add(_entry(f"shared{marker.rsplit('/', 1)[0].replace('/', '-')}", "filesystem",
+                   f"find a file another user left in {marker.rsplit('/', 1)[0]}", "open_read",
+                   [marker], "ENOENT", why="PrivateTmp=yes / PrivateIPC=yes: its own /tmp, "
+                   "/var/tmp and /dev/shm"))
 
     # -- the host file system ----------------------------------------------------------------
     for path in ("/etc", "/usr/lib", "/boot", "/var/lib/dpkg"):

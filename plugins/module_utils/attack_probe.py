@@ -214,6 +214,36 @@ def packet_socket() -> str:
     return "OK"
 
 
+def netlink_socket() -> str:
+    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close()
+    return "OK"
+
+
+def inet6_socket() -> str:
+    socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    return "OK"
+
+
+def personality_exec() -> str:
+    """Switch to READ_IMPLIES_EXEC: every readable mapping becomes executable."""
+    _libc.personality.restype = ctypes.c_int
+    if _libc.personality(ctypes.c_ulong(0x0400000)) == -1:
+        return _name(ctypes.get_errno())
+    return "OK"
+
+
+def chmod_setuid(directory: str) -> str:
+    """Plant a setuid file of its own (for a later execution by another user)."""
+    path = os.path.join(directory, f".kf-attack-suid-{os.getpid()}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    try:
+        os.chmod(path, 0o4755)
+    finally:
+        os.unlink(path)
+    return "OK"
+
+
 def inet_socket() -> str:
     socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
     return "OK"
@@ -321,7 +351,8 @@ KINDS = {f.__name__: f for f in (
     open_read, listdir, create_file, open_write, unix_connect, unix_self, proc_exists,
     signal_pid, ptrace_attach, ptrace_own_child, procfs_is_own, unshare, mount_tmpfs,
     init_module, finit_module, bpf_map_create, perf_event_open, keyctl, kexec_load,
-    io_uring_setup, raw_socket, packet_socket, inet_socket, bind_port, adjtimex_invalid,
+    io_uring_setup, raw_socket, packet_socket, netlink_socket, inet6_socket, personality_exec,
+    chmod_setuid, inet_socket, bind_port, adjtimex_invalid,
     sethostname_invalid, reboot_invalid, clock_settime_now, mmap_wx, mprotect_wx, mmap_rw,
     bad_pointer, setuid_exec, tcp_connect, udp_exchange)}
 

@@ -21,6 +21,9 @@ BASE: list[tuple[str, str]] = [
     ("PrivateTmp", "yes"),
     ("PrivateDevices", "yes"),
     ("DevicePolicy", "closed"),
+    # PrivateDevices= keeps the host's /dev/shm (POSIX shared memory) in the private /dev: a
+    # file another service leaves there would be readable (the attack suite found it).
+    ("TemporaryFileSystem", "/dev/shm:rw,nosuid,nodev,noexec,mode=1777"),
     ("PrivateIPC", "yes"),
     ("PrivateMounts", "yes"),
     ("PrivateUsers", "yes"),

@@ -218,8 +218,10 @@ def run(module: AnsibleModule) -> dict:
     for record in records:
         for path in record.get("readonly_paths") or []:
             files[path] = _first_file(path)
+    markers = [f"{d}/.kf-attack-marker" for d in ("/tmp", "/var/tmp", "/dev/shm")
+               if os.path.isdir(d)]
     facts = {"pids": pids, "host_pid": os.getpid(), "files": files,
-             "block_device": _block_device()}
+             "block_device": _block_device(), "markers": markers}
     plan = build_plan(attacker, records, version, facts)
 
     unit = _unit_of(attacker)
@@ -251,6 +253,10 @@ def run(module: AnsibleModule) -> dict:
             json.dump([{k: i[k] for k in ("id", "kind", "args")} for i in plan], handle)
         for path in (probe, f"{PROBE_DIR}/plan.json"):
             os.chmod(path, 0o644)
+        for marker in markers:  # left by "another user" (root) where a sandbox must not look
+            with open(marker, "w", encoding="utf-8") as handle:
+                handle.write("kernelfence attack probe marker\n")
+            os.chmod(marker, 0o644)
         for name, text in texts.items():
             with open(f"{RUNTIME_UNITS}/{name}", "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -278,6 +284,9 @@ def run(module: AnsibleModule) -> dict:
                 os.unlink(f"{RUNTIME_UNITS}/{name}")
         _run(["systemctl", "daemon-reload"])
         shutil.rmtree(PROBE_DIR, ignore_errors=True)
+        for marker in markers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
 
     confined = outputs[confined_unit]
     if "results" not in confined:
