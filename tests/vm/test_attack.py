@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 # Attempts that file permissions or the host's own defaults already stop for an unprivileged
 # user: the baseline must let through at least this many of the rest.
-MIN_LET_THROUGH = 10
+MIN_LET_THROUGH = 18
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_attempt_is_blocked_with_its_exact_errno(attack):
              for r in attack["rows"] if not r["control"] and not r["passed"]]
     assert wrong == []
     assert attack["summary"]["escaped"] == []
-    assert attack["summary"]["attempted"] == attack["summary"]["blocked"] >= 60
+    assert attack["summary"]["attempted"] == attack["summary"]["blocked"] >= 80
 
 
 def test_the_controls_succeed_in_the_confinement_and_the_baseline(attack):
@@ -80,7 +80,9 @@ def test_the_baseline_lets_a_substantial_part_through(attack):
     assert len(through) >= MIN_LET_THROUGH, through
     # Each of these is the confinement's work, not the file system's or the kernel's default.
     for expected in ("unshare-user", "mmap-wx", "mprotect-wx", "ptrace-own-child",
-                     "setuid-su", "see-host-pid", "keyctl", "io-uring-setup"):
+                     "setuid-su", "setuid-passwd", "setuid-plant", "see-host-pid", "keyctl",
+                     "io-uring-setup", "inet6-socket", "netlink-socket", "personality",
+                     "shared-tmp", "shared-dev-shm", "cmdline-orchestrator"):
         assert expected in through
 
 
