@@ -115,8 +115,13 @@ def test_audit_writes_evidence_junit_and_report(host, run):
     names = {c["name"] for c in evidence["components"]}
     assert {"orchestrator", "executor", "model_backend"} <= names
     assert failed == [], failed
+    # The attack probe ran for the executor (profile executor) and fed the matrix.
+    attacks = evidence["attacks"]
+    assert len(attacks) >= 80 and {a["component"] for a in attacks} == {"executor"}
+    assert [a["attempt"] for a in attacks if not a["passed"]] == []
     suites = ElementTree.parse(audit / f"{name}.junit.xml").getroot()
-    assert int(suites.get("tests")) == len(evidence["checks"])
+    assert int(suites.get("tests")) == len(evidence["checks"]) + len(attacks)
     assert int(suites.get("failures")) == 0
     page = (audit / "report.html").read_text()
     assert "Components &times; properties" in page and f'<td class="name">{name}</td>' in page
+    assert "<th>without confinement</th>" in page and "NOT blocked" not in page
