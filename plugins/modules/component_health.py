@@ -13,9 +13,9 @@ description:
     active), then sends each configured probe request to the component's unix socket and
     expects a one-line JSON answer carrying a given key.
   - When a service fails, reads why from systemd (C(systemctl show), C(journalctl -o json) of
-    the unit and the kernel's seccomp audit records): the exit status (for example
+    the unit and the kernel's seccomp audit records), that is the exit status (for example
     C(226/NAMESPACE)), the unit line systemd could not apply, the syscalls the kernel's filter
-    stopped, the workload's last output.
+    stopped, the workload's last output and what this run changed in the unit.
   - Then puts back the files this run changed for the failing components (O(previous), as
     returned by M(kernelfence.isolation.unit_install); binary C(current) links as well),
     reloads systemd, restarts them, checks them again, and fails with one sentence per failing

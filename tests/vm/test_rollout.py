@@ -35,7 +35,7 @@ def files_hash(host):
 
 
 def states(host):
-    out = host.run("systemctl show -p Id,ActiveState,NRestarts %s", " ".join(SERVICES)).stdout
+    out = host.run("systemctl show -p Id,ActiveState,NRestarts " + " ".join(SERVICES)).stdout
     return out.strip()
 
 
