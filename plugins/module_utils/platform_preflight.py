@@ -51,7 +51,7 @@ def _cgroup_v2_only(mounts: str | None) -> bool:
 
 def _status_field(status: str | None, key: str) -> str | None:
     for line in (status or "").splitlines():
-        name, _, value = line.partition(":")
+        name, _sep, value = line.partition(":")
         if name == key:
             return value.strip()
     return None

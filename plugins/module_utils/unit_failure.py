@@ -221,7 +221,7 @@ def changed_directives(previous_text: str | None, unit_text: str) -> list[str]:
         return []
     old, new = _directive_lines(previous_text), _directive_lines(unit_text)
     out = []
-    for key in dict.fromkeys(k for k, _ in old + new):
+    for key in dict.fromkeys(pair[0] for pair in old + new):
         before = [v for k, v in old if k == key]
         after = [v for k, v in new if k == key]
         if before == after:
@@ -277,8 +277,14 @@ def explain(unit: str, show: dict[str, str], entries: list[dict], unit_text: str
     if workload and not setup:
         last = workload[-1]
         causes.append(f"its last output: {last!r}")
-        if not fix and ("PermissionError" in last or "Operation not permitted" in last
-                        or "EPERM" in last):
+        refused = "PermissionError" in last or "Operation not permitted" in last \
+            or "EPERM" in last
+        denied = [name for change in changes if change.startswith("SystemCallFilter=~")
+                  for name in change.partition(" added ")[2].partition(",")[0].split()]
+        if not fix and refused and denied:
+            fix = (f"the workload needs a syscall this run denied: remove {' '.join(denied)} "
+                   f"from {where}.syscalls.deny")
+        if not fix and refused:
             fix = (f"the workload was refused an operation it needs: a syscall its filter "
                    f"denies ({where}.syscalls) or a path or capability its sandbox withholds; "
                    "the lines before it in `journalctl -u " + unit + "` show which")

@@ -168,7 +168,7 @@ def _show(module: AnsibleModule, names: list[str]) -> dict[str, dict[str, str]]:
     if rc != 0:
         module.fail_json(msg=f"systemctl show failed: {err.strip()}")
     blocks = [parse_show(b) for b in out.strip().split("\n\n")]
-    return {name: block for name, block in zip(names, blocks, strict=False)}
+    return dict(zip(names, blocks, strict=False))
 
 
 def _state_failures(before: dict, after: dict) -> dict[str, str]:

@@ -55,9 +55,14 @@ def test_eperm_reports_the_workloads_last_words_and_what_the_run_changed():
     assert result["exit_status"] == "1/FAILURE"
     assert result["output"][-1] == "PermissionError: [Errno 1] Operation not permitted"
     assert result["changes"] == ["SystemCallFilter=~... added accept4"]
+    assert result["fix"] == ("the workload needs a syscall this run denied: remove accept4 "
+                             "from kernelfence_components[model_backend].syscalls.deny")
+    assert result["syscalls"] == []  # an errno denial leaves no audit record: nothing invented
+    # Without a change to the filter in this run, the fix stays general.
+    result = explain(unit, show, entries, text, "model_backend", text)
+    assert result["changes"] == []
     assert "a syscall its filter denies (kernelfence_components[model_backend].syscalls)" \
         in result["fix"]
-    assert result["syscalls"] == []  # an errno denial leaves no audit record: nothing invented
 
 
 def test_missing_binary_is_203_exec():

@@ -77,6 +77,8 @@ def test_check_diff_shows_the_change_and_changes_nothing_then_the_run_rolls_back
         folded[-4000:]
     assert "PermissionError" in folded, folded[-4000:]
     assert "SystemCallFilter=~... added accept4" in folded, folded[-4000:]
+    assert ("Fix: the workload needs a syscall this run denied: remove accept4 from "
+            "kernelfence_components[model_backend].syscalls.deny") in folded, folded[-4000:]
     assert "Rolled back to the previous good version" in folded, folded[-4000:]
     assert "kf-executor.service: active" in folded and "kf-model_backend.service: active" \
         in folded, folded[-4000:]
