@@ -33,7 +33,24 @@ def read_facts(root: str = "/") -> dict[str, str | None]:
                 facts[key] = fh.read()
         except OSError:
             facts[key] = None
+    facts["nf_tables"] = nf_tables_support(root)
     return facts
+
+
+def nf_tables_support(root: str = "/") -> str | None:
+    """'loaded', 'builtin' or 'module' when the running kernel has nf_tables, else None.
+    (The `nft` tool itself is installed by the network_policy role.)"""
+    if os.path.isdir(os.path.join(root, "sys/module/nf_tables")):
+        return "loaded"
+    release = os.uname().release
+    for name, kind in (("modules.builtin", "builtin"), ("modules.dep", "module")):
+        try:
+            with open(os.path.join(root, "lib/modules", release, name), encoding="utf-8") as fh:
+                if any("/nf_tables.ko" in line for line in fh):
+                    return kind
+        except OSError:
+            continue
+    return None
 
 
 def systemd_version(version_output: str) -> int | None:
@@ -97,9 +114,11 @@ def problems(facts: dict, version_output: str, nft_rc: int | None, nft_err: str 
             out.append(f"user namespaces: {needs}, and AppArmor restricts them "
                        "(kernel.apparmor_restrict_unprivileged_userns=1). Fix: give "
                        "/usr/bin/bwrap an AppArmor profile with `userns,` or set the sysctl to 0")
-    if nft_rc is None:
-        out.append("nftables: `nft` is not installed. Fix: apt-get install nftables")
-    elif nft_rc != 0:
+    if nft_rc is None and not facts.get("nf_tables"):
+        out.append("nftables: the running kernel has no nf_tables (not loaded, not built in, "
+                   "no module), so the network policy cannot be loaded. Fix: a kernel with "
+                   "CONFIG_NF_TABLES (the network_policy role installs the nft tool itself)")
+    elif nft_rc:
         out.append(f"nftables: `nft list tables` failed ({nft_err.strip()[:160]}): the kernel "
                    "cannot load the network policy. Fix: a kernel with nf_tables "
                    "(modprobe nf_tables)")

@@ -11,7 +11,9 @@ version_added: "0.1.0"
 description:
   - Reads systemd's version, the cgroup mount, the kernel's seccomp support, the user namespace
     sysctls (needed by the bubblewrap wrapper on systemd older than 257) and whether
-    C(nft list tables) works, and fails with one sentence per missing requirement naming the fix.
+    nftables works (C(nft list tables) when C(nft) is installed, else whether the kernel has
+    nf_tables, as the network_policy role installs C(nft)), and fails with one sentence per
+    missing requirement naming the fix.
   - Read-only; never reports C(changed). One module call so a fleet rollout pays for it once
     per host.
 author: kernelfence contributors (@kernelfence)
@@ -28,7 +30,7 @@ attributes:
     platforms: posix
 options:
   nftables:
-    description: Require a working C(nft) (the network_policy role needs it).
+    description: Require nftables (the network_policy role needs it).
     type: bool
     default: true
 """
