@@ -67,3 +67,14 @@ def test_read_facts_reads_the_files_under_a_root(tmp_path):
     assert got["nf_tables"] is None
     (tmp_path / "sys/module/nf_tables").mkdir(parents=True)
     assert read_facts(str(tmp_path))["nf_tables"] == "loaded"
+
+
+def test_recorded_hybrid_cgroup_host_is_refused_for_cgroup_v2_only():
+    """Recorded on the project's build machine (systemd 252 tools, not PID 1; cgroup v1
+    controllers with cgroup2 only at /sys/fs/cgroup/unified); mounts and status trimmed to
+    the /proc, /sys and seccomp lines."""
+    rec = json.loads((Path(__file__).parent /
+                      "fixtures/platform_preflight/hybrid-cgroup-build-machine.json").read_text())
+    found = problems(rec["facts"], rec["version_output"], rec["nft_rc"], rec["nft_err"])
+    assert len(found) == 1 and found[0].startswith(
+        "cgroup v2: /sys/fs/cgroup is not a cgroup2 (unified) mount"), found
