@@ -2,7 +2,9 @@
 
 import json
 import os
+import signal
 import socket
+import sys
 
 SD_LISTEN_FDS_START = 3
 
@@ -24,6 +26,10 @@ def listening_socket() -> socket.socket:
 
 
 def serve(handler) -> None:
+    # Under PrivatePIDs= (systemd >= 257) the component is PID 1 of its namespace, and the
+    # kernel drops a signal to a namespace's init that has no handler for it: without this,
+    # `systemctl stop` waits TimeoutStopSec= (90 s) and then kills.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     server = listening_socket()
     while True:
         conn = server.accept()[0]

@@ -146,6 +146,19 @@ systemd_version:
   description: Major version of the target's systemd.
   returned: always
   type: int
+previous:
+  description:
+    - Every file this run wrote, as it was before (C(content) null when it did not exist), with
+      its unit and component, so a failed health check can put the previous good version back
+      (M(kernelfence.isolation.component_health)). Empty in check mode.
+  returned: always
+  type: list
+  elements: dict
+installed_at:
+  description: Host time (seconds since the epoch) just before the first write; journal lines
+    from then on belong to this run.
+  returned: always
+  type: float
 """
 
 import grp
@@ -153,6 +166,7 @@ import os
 import pwd
 import shutil
 import tempfile
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_install import (
@@ -185,6 +199,15 @@ def _write(module: AnsibleModule, path: str, content: str, mode: int, uid: int, 
         if os.path.exists(tmp):
             os.unlink(tmp)
         module.fail_json(msg=f"cannot write {path}: {exc}")
+
+
+def _previous(path: str, unit: str | None, component: str | None) -> dict:
+    """The file as it is now, to restore it if the new version fails its health check."""
+    if not os.path.exists(path):
+        return {"path": path, "content": None, "unit": unit, "component": component}
+    st = os.stat(path)
+    return {"path": path, "content": read_text(path), "mode": oct(st.st_mode & 0o7777),
+            "uid": st.st_uid, "gid": st.st_gid, "unit": unit, "component": component}
 
 
 def _systemctl(module: AnsibleModule, *args: str) -> tuple[int, str, str]:
@@ -231,11 +254,13 @@ def main():
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-    writes, diffs, changed_units = [], [], []
+    writes, diffs, changed_units, previous = [], [], [], []
+    component_of = {u["name"]: u.get("component") for u in units}
     for unit in units:
         path = installed_path(unit, p["unit_dir"])
         if _needs_write(path, unit["content"], 0o644, 0, 0) if os.path.exists(path) else True:
             writes.append((path, unit["content"], 0o644, 0, 0))
+            previous.append(_previous(path, unit["name"], unit.get("component")))
             changed_units.append(unit["name"])
             diffs.append({"before_header": path, "after_header": path,
                           "before": read_text(path) or "", "after": unit["content"]})
@@ -252,6 +277,7 @@ def main():
             uid = gid = -1  # check mode before the identities exist: the file is new anyway
         if not os.path.exists(path) or _needs_write(path, item["content"], mode, uid, gid):
             writes.append((path, item["content"], mode, uid, gid))
+            previous.append(_previous(path, item.get("unit"), component_of.get(item.get("unit"))))
             if item.get("unit") and item["unit"] not in changed_units:
                 changed_units.append(item["unit"])
             diffs.append({"before_header": path, "after_header": path,
@@ -262,6 +288,7 @@ def main():
     for name in names:
         state = _systemctl(module, "is-active", name)[1].strip()
         active_before[name] = state in ("active", "activating", "reloading")
+    installed_at = time.time()
     if writes and not module.check_mode:
         for path, content, mode, uid, gid in writes:
             _write(module, path, content, mode, uid, gid)
@@ -299,6 +326,8 @@ def main():
         "restart_needed": restart_needed,
         "exposure": scores,
         "systemd_version": int(version) if version.isdigit() else 0,
+        "previous": [] if module.check_mode else previous,
+        "installed_at": installed_at,
     }
     if module._diff:
         result["diff"] = diffs

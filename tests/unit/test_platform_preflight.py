@@ -1,0 +1,80 @@
+"""The platform preflight on facts its module recorded in a Debian 13 guest (systemd 257); the
+other cases change one recorded fact at a time to the value a host without the feature shows."""
+
+import json
+from pathlib import Path
+
+import pytest
+from ansible_collections.kernelfence.isolation.plugins.module_utils.platform_preflight import (
+    problems,
+    read_facts,
+    systemd_version,
+)
+
+REC = json.loads((Path(__file__).parent / "fixtures/platform_preflight/debian13.json").read_text())
+SYSTEMD_252 = "systemd 252 (252.39-1~deb12u1)\n+PAM +AUDIT +SELINUX\n"
+CGROUP_V1 = ("tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0\n"
+             "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n")
+
+
+def facts(**change):
+    return {**REC["facts"], **change}
+
+
+def test_recorded_debian13_host_is_ready():
+    assert systemd_version(REC["version_output"]) == 257
+    assert problems(REC["facts"], REC["version_output"], 0) == []
+
+
+def test_user_namespaces_only_matter_below_257():
+    no_userns = facts(max_user_namespaces="0\n", unprivileged_userns_clone="0\n",
+                      apparmor_restrict_userns="1\n")
+    assert problems(no_userns, REC["version_output"], 0) == []
+    found = problems(no_userns, SYSTEMD_252, 0)
+    assert len(found) == 3 and all(p.startswith("user namespaces: systemd 252 has no "
+                                                "PrivatePIDs=") for p in found)
+    assert "Fix: sysctl -w user.max_user_namespaces=15000" in found[0]
+    assert "Fix: sysctl -w kernel.unprivileged_userns_clone=1" in found[1]
+    assert "AppArmor" in found[2]
+
+
+@pytest.mark.parametrize("change, version, nft_rc, start", [
+    ({"mounts": CGROUP_V1}, None, 0, "cgroup v2: /sys/fs/cgroup is not a cgroup2"),
+    ({"status": "Name:\tpython3\nNoNewPrivs:\t0\n"}, None, 0, "seccomp: the kernel has no"),
+    ({"seccomp_actions": "kill_process kill_thread\n"}, None, 0, "seccomp: the kernel's filter"),
+    ({}, "systemd 249 (249.11)\n", 0, "systemd 249 is older than 250"),
+    ({}, "bash: systemctl: command not found\n", 0, "systemd: cannot read the version"),
+    ({"nf_tables": None}, None, None, "nftables: the running kernel has no nf_tables"),
+    ({}, None, 1, "nftables: `nft list tables` failed"),
+])
+def test_each_missing_requirement_is_one_sentence_with_a_fix(change, version, nft_rc, start):
+    found = problems(facts(**change), version or REC["version_output"], nft_rc, "nf_tables: x")
+    assert len(found) == 1 and found[0].startswith(start), found
+    assert "Fix: " in found[0]
+
+
+def test_nft_not_installed_yet_is_fine_when_the_kernel_has_nf_tables():
+    """A fresh host: the network_policy role installs nft later in the same play."""
+    for kind in ("loaded", "builtin", "module"):
+        assert problems(facts(nf_tables=kind), REC["version_output"], None) == []
+
+
+def test_read_facts_reads_the_files_under_a_root(tmp_path):
+    (tmp_path / "proc/sys/user").mkdir(parents=True)
+    (tmp_path / "proc/sys/user/max_user_namespaces").write_text("7826\n")
+    got = read_facts(str(tmp_path))
+    assert got["max_user_namespaces"] == "7826\n" and got["mounts"] is None
+    assert got["nf_tables"] is None
+    (tmp_path / "sys/module/nf_tables").mkdir(parents=True)
+    assert read_facts(str(tmp_path))["nf_tables"] == "loaded"
+
+
+def test_recorded_hybrid_cgroup_host_is_refused_for_cgroup_v2_only():
+    """Recorded on the project's build machine (systemd 252 tools, not PID 1; cgroup v1
+    controllers with cgroup2 only at /sys/fs/cgroup/unified); mounts and status trimmed to
+    the /proc, /sys and seccomp lines."""
+    rec = json.loads((Path(__file__).parent /
+                      "fixtures/platform_preflight/hybrid-cgroup-build-machine.json").read_text())
+    found = problems(rec["facts"], rec["version_output"], rec["nft_rc"], rec["nft_err"])
+    assert len(found) == 1 and found[0].startswith(
+        "cgroup v2: /sys/fs/cgroup is not a cgroup2 (unified) mount"), found
