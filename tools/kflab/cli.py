@@ -250,7 +250,7 @@ def cmd_test(args: argparse.Namespace) -> int:
                env=env)
     for scenario in wanted:
         stages.run(f"molecule test -s {scenario}",
-                   [_tool("molecule"), "test", "-s", scenario], env=env, timeout=2400)
+                   [_tool("molecule"), "test", "-s", scenario], env=env, timeout=3600)
     return stages.report()
 
 
