@@ -135,7 +135,7 @@ def mounts(mountinfo: str | None) -> dict[str, tuple[str, str]]:
 
 def hidepid(options: str) -> str | None:
     for opt in options.split(","):
-        name, _, value = opt.partition("=")
+        name, _eq, value = opt.partition("=")
         if name == "hidepid" and value not in ("0", "off"):
             return value
     return None

@@ -73,16 +73,37 @@ host_baseline:
   returned: always
   type: dict
   contains:
-    kernel: {description: Kernel release., type: str}
-    systemd_version: {description: Major version of systemd, null if unknown., type: int}
-    wrapper: {description: The components run under bubblewrap (systemd < 257)., type: bool}
-    cgroup_v2: {description: /sys/fs/cgroup is cgroup2., type: bool}
-    seccomp_filter: {description: Seccomp filter mode with errno and kill_process., type: bool}
-    yama: {description: The Yama LSM is present., type: bool}
-    lsm: {description: Active LSMs from securityfs, null if not mounted., type: list, elements: str}
-    landlock_abi: {description: Landlock ABI version, null if unavailable., type: int}
-    unprivileged_userns: {description: Unprivileged users may create user namespaces., type: bool}
-    proc_hidepid: {description: The hidepid= value /proc is mounted with, null if none., type: str}
+    kernel:
+      description: Kernel release.
+      type: str
+    systemd_version:
+      description: Major version of systemd; null if unknown.
+      type: int
+    wrapper:
+      description: Whether the components run under bubblewrap (systemd < 257).
+      type: bool
+    cgroup_v2:
+      description: Whether /sys/fs/cgroup is cgroup2.
+      type: bool
+    seccomp_filter:
+      description: Whether seccomp filter mode has the errno and kill_process actions.
+      type: bool
+    yama:
+      description: Whether the Yama LSM is present.
+      type: bool
+    lsm:
+      description: Active LSMs from securityfs; null when securityfs is not mounted.
+      type: list
+      elements: str
+    landlock_abi:
+      description: Landlock ABI version; null when unavailable.
+      type: int
+    unprivileged_userns:
+      description: Whether unprivileged users may create user namespaces.
+      type: bool
+    proc_hidepid:
+      description: The hidepid= value /proc is mounted with; null if none.
+      type: str
 problems:
   description: What the profiles rely on and the kernel lacks, each with the fix.
   returned: always

@@ -36,7 +36,7 @@ def test_recorded_host(case):
 
 
 def test_a_key_the_kernel_lacks_is_left_out_of_the_file():
-    raw, _ = recorded("ci-host")  # no Yama on this kernel
+    raw, _version = recorded("ci-host")  # no Yama on this kernel
     present, unsupported = hb.split_supported(raw, hb.wanted_settings({}, False))
     text = hb.render(present)
     assert "kernel.yama.ptrace_scope" not in text and unsupported == ["kernel.yama.ptrace_scope"]
@@ -64,7 +64,7 @@ def test_unknown_setting_name_names_the_fix():
 
 
 def test_stricter_live_value_is_not_rewritten_and_laxer_is():
-    raw, _ = recorded("ci-host")
+    raw, _version = recorded("ci-host")
     bpf = hb.BY_NAME["unprivileged_bpf_disabled"]
     raw["sysctl"][bpf.key] = "1"  # locked until reboot, stricter than our 2
     assert hb.drift(raw, [bpf]) == {}
@@ -93,7 +93,7 @@ def test_wrapper_without_user_namespaces_is_a_problem():
 
 
 def test_hidepid_on_proc_is_a_problem_with_the_fix():
-    raw, _ = recorded("hidepid")
+    raw, _version = recorded("hidepid")
     got = hb.problems(hb.facts(raw, 257), [], require_landlock=False)
     assert any(p.startswith("/proc is mounted with hidepid=invisible, which breaks systemd and "
                             "polkit") for p in got), got
