@@ -134,3 +134,12 @@ def test_role_switches_match_the_settings_and_the_spec():
     tasks = yaml.safe_load((ROLE / "tasks/main.yml").read_text())
     passed = tasks[0]["kernelfence.isolation.host_baseline"]["settings"]
     assert set(passed) == set(hb.BY_NAME)
+
+
+def test_userns_restriction_on_the_debian_kernel_depends_on_systemd():
+    raw, version = recorded("kf12-fresh")  # Debian's kernel has the switch
+    assert "systemd 252 on this host runs every component under bubblewrap" in \
+        hb.refuse_userns_restriction(hb.facts(raw, version))
+    assert hb.refuse_userns_restriction(hb.facts(raw, 257)) is None
+    present, _missing = hb.split_supported(raw, hb.wanted_settings({}, True))
+    assert "kernel.unprivileged_userns_clone = 0\n" in hb.render(present)
