@@ -13,9 +13,10 @@ description:
     filter mode, Yama, Landlock, unprivileged user namespaces where the bubblewrap wrapper needs
     them, C(/proc) without C(hidepid)) and reports what is missing; with O(strict) it fails
     instead, before anything is written.
-  - Writes the chosen sysctl settings to a drop-in of its own (O(path)) and nothing else, and
-    applies that file alone with C(systemd-sysctl PATH) when a live value is less strict than
-    the baseline. Live values are compared first, so a second run changes nothing.
+  - Writes the chosen sysctl settings to a drop-in of its own (O(path)) and nothing else. Live
+    values are compared first; only a value less strict than the baseline is set, to the
+    file's value, so a stricter one (another file's) is never lowered and a second run
+    changes nothing. At boot systemd-sysctl applies the file with the others, in name order.
   - A setting whose key this kernel lacks is left out of the file and named in RV(unsupported).
   - Turning a setting off removes it from the file; its live value stays until the next boot.
 author: kernelfence contributors (@kernelfence)
@@ -205,16 +206,20 @@ def main() -> None:
     if file_changed:
         _write(module, p["path"], content)
     if live_drift:
-        tool = module.get_bin_path("systemd-sysctl", opt_dirs=["/usr/lib/systemd", "/lib/systemd"],
-                                   required=True)
-        # Only our file: the same program and file the next boot applies.
-        rc, out, err = module.run_command([tool, p["path"]])
+        # Only the keys that are less strict than the file says, with the file's values: a
+        # stricter live value (e.g. Debian's fs.protected_regular = 2) is never lowered.
+        refused = {}
+        for key in live_drift:
+            try:
+                with open("/" + hb.key_path(key), "w", encoding="ascii") as handle:
+                    handle.write(f"{live_drift[key]['wanted']}\n")
+            except OSError as exc:
+                refused[key] = exc.strerror
         left = hb.drift(hb.read_host("/", found["landlock_abi"]), present)
-        if rc != 0 or left:
-            module.fail_json(msg=f"host_baseline: systemd-sysctl {p['path']} did not make these "
-                             f"live: {left or 'see stderr'} (a value locked at boot, or the "
-                             "kernel refused it). Fix: reboot, or turn the setting off",
-                             rc=rc, stdout=out, stderr=err, **result)
+        if left:
+            module.fail_json(msg=f"host_baseline: these values did not take: {left} "
+                             f"({refused or 'changed back'}; a value locked at boot, or the "
+                             "kernel refused it). Fix: reboot, or turn the setting off", **result)
     module.exit_json(**result)
 
 

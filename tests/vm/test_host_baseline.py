@@ -13,7 +13,6 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils import host_
 from conftest import REPO, as_user, systemd_version
 
 FILE = "/etc/sysctl.d/60-kernelfence-baseline.conf"
-SYSCTL = "/usr/lib/systemd/systemd-sysctl"
 PLAYBOOK = REPO / "tests/vm/playbooks/host_baseline.yml"
 
 # As an unprivileged user outside every unit: a tracer attaches to a same-uid sibling (not its
@@ -103,8 +102,8 @@ def test_every_setting_is_live_after_converge(host):
 
 def test_ptrace_of_a_same_uid_process_outside_the_units_is_refused(host):
     """nobody, in the SSH session (no unit, no seccomp filter of ours), attaches to a sibling
-    of its own uid: EPERM with the baseline's ptrace_scope=1, OK with the kernel's 0. Its own
-    child stays attachable (the probe works)."""
+    of its own uid: EPERM with the baseline's ptrace_scope=1, OK with Debian's default 0. Its
+    own child stays attachable (the probe works)."""
     assert live(host, "kernel.yama.ptrace_scope") == "1"
     refused = as_user(host, "nobody", PTRACE_PROBE)
     assert refused == "EPERM OK 65534", refused
@@ -112,29 +111,38 @@ def test_ptrace_of_a_same_uid_process_outside_the_units_is_refused(host):
         host.run_expect([0], "echo 0 > /proc/sys/kernel/yama/ptrace_scope")
         allowed = as_user(host, "nobody", PTRACE_PROBE)
     finally:
-        host.run_expect([0], f"{SYSCTL} {FILE}")
+        host.run_expect([0], "echo 1 > /proc/sys/kernel/yama/ptrace_scope")
     assert allowed == "OK OK 65534", allowed
-    assert live(host, "kernel.yama.ptrace_scope") == "1"
 
 
-def test_role_restores_drift_check_mode_first_and_is_idempotent(host):
-    before = host.file(FILE).content_string
+def test_role_restores_drift_keeps_stricter_values_check_mode_first_idempotent(host):
+    """Two values made less strict by hand and one made stricter (fs.protected_regular=2, as
+    Debian 12's procps file sets it at boot): check mode reports and changes nothing, the run
+    sets back the two and leaves the stricter one, the next run changes nothing."""
+    keys = ["kernel.dmesg_restrict", "fs.protected_symlinks", "fs.protected_regular"]
+    before = sysctl_values(host, keys)
+    text = host.file(FILE).content_string
     host.run_expect([0], "echo 0 > /proc/sys/kernel/dmesg_restrict && "
-                    "echo 0 > /proc/sys/fs/protected_symlinks")
+                    "echo 0 > /proc/sys/fs/protected_symlinks && "
+                    "echo 2 > /proc/sys/fs/protected_regular")
     try:
         rc, changed, out = run_role(host, "--check", "--diff")
         assert (rc, changed) == (0, 1), out[-3000:]
         assert "-fs.protected_symlinks = 0" in out and "+kernel.dmesg_restrict = 1" in out, \
             out[-3000:]
+        assert "fs.protected_regular" not in out.split("live sysctl", 1)[-1], out[-3000:]
         assert live(host, "kernel.dmesg_restrict") == "0"  # check mode changed nothing
         rc, changed, out = run_role(host, "--diff")
         assert (rc, changed) == (0, 1), out[-3000:]
-        assert live_mismatches(host)[1] == {}
-        assert host.file(FILE).content_string == before  # only the live values were applied
+        assert sysctl_values(host, keys) == {"kernel.dmesg_restrict": "1",
+                                             "fs.protected_symlinks": "1",
+                                             "fs.protected_regular": "2"}
+        assert host.file(FILE).content_string == text  # only live values were set
         rc, changed, out = run_role(host)
         assert (rc, changed) == (0, 0), out[-3000:]
     finally:
-        host.run(f"{SYSCTL} {FILE}")
+        host.run(" && ".join(f"echo {v} > /proc/sys/{k.replace('.', '/')}"
+                             for k, v in before.items()))
 
 
 def test_user_namespace_restriction_is_consistent_with_the_units(host):
