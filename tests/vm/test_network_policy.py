@@ -356,3 +356,14 @@ def test_rules_are_back_after_reboot_before_the_components(host):
     # Later tests talk through the run's SSH master (ControlPersist=60s), which the reboot
     # cut: let it expire so they open a fresh connection.
     time.sleep(max(0.0, 65 - (time.monotonic() - last_host_run)))
+
+
+def test_host_baseline_is_live_after_the_reboot(host):
+    """After the reboot above: every setting of the host baseline's drop-in is live again, set
+    at boot from the file (the boot is newer than the file, so it was not the role's live apply)."""
+    from test_host_baseline import FILE, live_mismatches
+    booted = int(host.run("awk '/^btime/ {print $2}' /proc/stat").stdout)
+    assert booted > int(host.run(f"stat -c %Y {FILE}").stdout)
+    settings, bad = live_mismatches(host)
+    assert "kernel.yama.ptrace_scope" in settings and len(settings) >= 10, settings
+    assert bad == {}
