@@ -139,11 +139,14 @@ def markdown(result: dict) -> str:
     lines += ["## 3. Fleet scaling", "", result.get("fleet_note", "not measured"), ""]
     if result.get("scan"):
         lines += ["## 4. Verification: process scan vs `pscap -a` (controller host)", "",
-                  "| processes | pscap -a median s | scan median s | ratio |",
-                  "|---:|---:|---:|---:|"]
+                  "| processes | pscap -a median s | scan median s | ratio | python start-up "
+                  "+ import s | ratio without start-up |",
+                  "|---:|---:|---:|---:|---:|---:|"]
         for s in result["scan"]:
             lines.append(f"| {s['processes_in_namespace']} | {s['pscap_median_s']} | "
-                         f"{s['scan_median_s']} | {s['ratio']} |")
+                         f"{s['scan_median_s']} | {s['ratio']} | "
+                         f"{_fmt(s.get('startup_median_s'))} | "
+                         f"{_fmt(s.get('ratio_without_startup'))} |")
         lines.append("")
     lines += ["## Goals", "", "| goal | limit | measured | met | how |", "|---|---:|---:|---|---|"]
     for g in result["goals"]:

@@ -167,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = RESULTS / "bench.json"
-    out: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    out: dict = {}
     if not args.report_only:
         if os.geteuid() != 0:
             sys.exit("run as root (qemu, unshare for the process scan)")
@@ -179,6 +179,10 @@ def main() -> None:
         if not args.skip_scan:
             out["scan"] = scan_part([1000, 10000], args.scan_runs)
         out["host_loadavg_end"] = loadavg()
+    # Merged into the last results when the file is written (a part skipped keeps its figures).
+    merged: dict = json.loads(previous.read_text()) if previous.exists() else {}
+    merged.update(out)
+    out = merged
     if out.get("workload"):
         out["workload_table"] = report.workload_table(out["workload"])
     out["fleet_note"] = FLEET_NOTE
