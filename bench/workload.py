@@ -118,7 +118,8 @@ def build_podman_image() -> str | None:
     if sh(["podman", "image", "exists", IMAGE]).returncode == 0:
         return None
     tar = subprocess.Popen(["tar", "-C", "/", "--exclude=usr/lib/modules", "--exclude=usr/share",
-                            "--exclude=usr/lib/firmware", "-cf", "-",
+                            "--exclude=usr/lib/firmware", "--exclude=etc/kernelfence",
+                            "--exclude=etc/shadow", "--exclude=etc/ssh", "-cf", "-",
                             "usr", "bin", "lib", "lib64", "sbin", "etc"],
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     imported = subprocess.run(["podman", "import", "-", IMAGE], stdin=tar.stdout,
