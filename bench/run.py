@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -165,6 +166,8 @@ def main() -> None:
                         help="only re-render bench.md/bench.png from bench/results/bench.json")
     parser.add_argument("--keep-vm", action="store_true")
     args = parser.parse_args()
+    # A SIGTERM (e.g. from `timeout`) unwinds like an exception, so the VM is still destroyed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = RESULTS / "bench.json"
     out: dict = {}
