@@ -152,3 +152,33 @@ def test_timing_callback_counts_loop_items_and_skips(tmp_path):
     assert tasks["looped"]["invocations"] == 3 and tasks["looped"]["changed"] == 0
     assert tasks["changed"]["invocations"] == 1 and tasks["changed"]["changed"] == 1
     assert tasks["skipped"]["invocations"] == 0 and tasks["skipped"]["skipped"] == 1
+
+
+def test_hardened_bench_unit_keeps_every_executor_directive_and_runs_the_job():
+    """The benchmark's hardened mode is the executor's own unit (recorded `systemctl cat`,
+    Debian 12) with only its start-up changed: no sandbox directive may be lost."""
+    import sys
+
+    sys.path[:0] = [str(REPO / "bench"), str(REPO / "plugins" / "module_utils")]
+    try:
+        import workload
+    finally:
+        del sys.path[:2]
+    merged = (Path(__file__).parent / "fixtures" / "attack"
+              / "systemctl-cat-kf-executor-252.txt").read_text()
+    unit = workload.sibling_unit(merged, workload.RECORD, workload.JOBS["cargo-audit"],
+                                 "/run/kfbench/cargo-audit.out")
+    kept = [line for line in merged.splitlines()
+            if "=" in line and not line.startswith("#")
+            and line.split("=", 1)[0] in ("User", "NoNewPrivileges", "SystemCallFilter",
+                                          "ProtectSystem", "PrivateUsers", "IPAddressDeny",
+                                          "RestrictNamespaces", "ReadOnlyPaths")]
+    assert len(kept) >= 9
+    for line in kept:
+        assert line in unit.splitlines(), line
+    exec_start = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(exec_start) == 1
+    # systemd 252: still behind the seccomp launcher and the bubblewrap wrapper.
+    assert "kf-launch.py" in exec_start[0] and "/usr/bin/bwrap" in exec_start[0]
+    assert exec_start[0].endswith(" ".join(workload.JOBS["cargo-audit"]))
+    assert "Type=oneshot" in unit and "Restart=on-failure" not in unit
