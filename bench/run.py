@@ -186,6 +186,11 @@ def main() -> None:
     merged: dict = json.loads(previous.read_text()) if previous.exists() else {}
     merged.update(out)
     out = merged
+    timings = {key: RESULTS / f"rollout_{key}.json" for key in ("first", "rerun")}
+    if not out.get("rollout") and all(path.exists() for path in timings.values()):
+        # A run cut short after the rollout part still reports it (the callback wrote its files).
+        out["rollout"] = {key: report.rollout_summary(json.loads(path.read_text()))
+                          for key, path in timings.items()}
     if out.get("workload"):
         out["workload_table"] = report.workload_table(out["workload"])
     out["fleet_note"] = FLEET_NOTE
