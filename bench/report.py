@@ -1,0 +1,241 @@
+"""Benchmark statistics, goals, the markdown table and the PNG chart (stdlib only).
+
+Pure functions over the JSON the benchmark parts write, so they are unit-tested
+(tests/unit/test_bench.py) and the report can be re-rendered without re-running anything:
+`python3 bench/run.py --report-only`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+import zlib
+
+MODES = ("bare", "hardened", "bwrap", "podman")
+
+
+def summarise(values: list[float]) -> dict:
+    """Median, quartiles (inclusive method), IQR, min and max of a sample."""
+    if not values:
+        raise ValueError("summarise: no samples (every run of this mode failed?)")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        q1 = q3 = ordered[0]
+    else:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    return {"n": len(ordered), "median": round(statistics.median(ordered), 4),
+            "q1": round(q1, 4), "q3": round(q3, 4), "iqr": round(q3 - q1, 4),
+            "min": round(ordered[0], 4), "max": round(ordered[-1], 4)}
+
+
+def workload_table(workload: dict) -> dict:
+    """Per job and mode: the start-to-exit summary and its ratio to bare (median over median)."""
+    table: dict = {}
+    for job, modes in workload["samples"].items():
+        rows: dict = {}
+        for mode in MODES:
+            samples = modes.get(mode)
+            if not samples:
+                continue
+            row = summarise([s["s"] for s in samples])
+            if samples[0].get("activation_s") is not None:
+                row["activation_median"] = round(
+                    statistics.median(s["activation_s"] for s in samples), 4)
+            rows[mode] = row
+        bare = rows.get("bare", {}).get("median")
+        for row in rows.values():
+            row["ratio_to_bare"] = round(row["median"] / bare, 3) if bare else None
+        table[job] = rows
+    return table
+
+
+def rollout_summary(timing: dict, top: int = 10) -> dict:
+    """Wall time, task and module-invocation counts and the slowest tasks of one playbook run."""
+    tasks = timing["tasks"]
+    slowest = sorted(tasks, key=lambda t: t["seconds"], reverse=True)[:top]
+    return {"wall_s": timing["wall_s"], "tasks": len(tasks),
+            "invocations": sum(t["invocations"] for t in tasks),
+            "changed": sum(t["changed"] for t in tasks),
+            "slowest": [{"name": t["name"], "action": t["action"], "seconds": t["seconds"]}
+                        for t in slowest]}
+
+
+def _goal(name: str, measured: float | None, limit: float, how: str) -> dict:
+    if measured is None:
+        return {"goal": name, "limit": limit, "measured": None, "met": None, "how": how}
+    return {"goal": name, "limit": limit, "measured": round(measured, 3),
+            "met": measured <= limit, "how": how}
+
+
+def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dict | None) -> list:
+    """The issue's five goals, each as measured/limit/met (met None: not measured)."""
+    out = []
+    trivial = (table or {}).get("trivial", {})
+    audit = (table or {}).get("cargo-audit", {})
+    act = None
+    if {"bare", "hardened", "podman"} <= trivial.keys():
+        bare = trivial["bare"]["median"]
+        podman_start = trivial["podman"]["median"] - bare
+        if podman_start > 0:
+            act = (trivial["hardened"]["median"] - bare) / podman_start
+    out.append(_goal("hardened activation / podman container start", act, 0.10,
+                     "(hardened - bare) / (podman - bare), medians of the trivial job"))
+    over = None
+    if {"bare", "hardened"} <= audit.keys() and audit["bare"]["median"] >= 1.0:
+        over = audit["hardened"]["median"] / audit["bare"]["median"] - 1
+    out.append(_goal("hardened job overhead over bare (job >= 1 s)", over, 0.10,
+                     "hardened / bare - 1, medians of cargo audit"))
+    rerun = None
+    if rollout and rollout.get("first") and rollout.get("rerun"):
+        rerun = rollout["rerun"]["wall_s"] / rollout["first"]["wall_s"]
+    out.append(_goal("idempotent re-run / first converge", rerun, 0.25, "wall times"))
+    eight = None
+    if fleet and fleet.get("1") and fleet.get("8"):
+        eight = fleet["8"] / fleet["1"]
+    out.append(_goal("8 hosts / 1 host converge", eight, 2.0, "wall times"))
+    worst = max((s["ratio"] for s in scan), default=None)
+    out.append(_goal("process scan / pscap -a (worst size)", worst, 1.5, "medians"))
+    return out
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:g}{unit}"
+
+
+def markdown(result: dict) -> str:
+    """The results as one markdown document (tables only; prose lives in README.md)."""
+    lines = [f"# kernelfence benchmark results ({result['date']})", "",
+             f"Machine: {result['machine']}", ""]
+    table = result.get("workload_table")
+    if table:
+        wl = result["workload"]
+        lines += ["## 1. Workload overhead (start to exit, seconds, inside the VM)", "",
+                  f"Guest: kernel {wl['kernel']}, systemd {wl['systemd']}, {wl['cpus']} vCPUs; "
+                  f"bubblewrap as {wl['bwrap_as']}; podman: "
+                  f"{wl['podman'] or 'not measured (' + str(wl['podman_missing']) + ')'}.", "",
+                  "| job | mode | n | median | IQR | min | max | ratio to bare |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for job, rows in table.items():
+            for mode, row in rows.items():
+                lines.append(f"| {job} | {mode} | {row['n']} | {row['median']:.4f} | "
+                             f"{row['iqr']:.4f} | {row['min']:.4f} | {row['max']:.4f} | "
+                             f"{_fmt(row['ratio_to_bare'])} |")
+        lines.append("")
+    rollout = result.get("rollout")
+    if rollout:
+        lines += ["## 2. Rollout (site.yml on one VM)", "",
+                  "| run | wall s | tasks | module invocations | changed |",
+                  "|---|---:|---:|---:|---:|"]
+        for key in ("first", "rerun"):
+            r = rollout.get(key)
+            if r:
+                lines.append(f"| {key} | {r['wall_s']:.1f} | {r['tasks']} | {r['invocations']} "
+                             f"| {r['changed']} |")
+        lines += ["", "Ten slowest tasks of the first converge:", "",
+                  "| task | module | s |", "|---|---|---:|"]
+        for t in rollout["first"]["slowest"]:
+            lines.append(f"| {t['name']} | {t['action']} | {t['seconds']:.1f} |")
+        lines.append("")
+    lines += ["## 3. Fleet scaling", "", result.get("fleet_note", "not measured"), ""]
+    if result.get("scan"):
+        lines += ["## 4. Verification: process scan vs `pscap -a` (controller host)", "",
+                  "| processes | pscap -a median s | scan median s | ratio | python start-up "
+                  "+ import s | ratio without start-up |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for s in result["scan"]:
+            lines.append(f"| {s['processes_in_namespace']} | {s['pscap_median_s']} | "
+                         f"{s['scan_median_s']} | {s['ratio']} | "
+                         f"{_fmt(s.get('startup_median_s'))} | "
+                         f"{_fmt(s.get('ratio_without_startup'))} |")
+        lines.append("")
+    lines += ["## Goals", "", "| goal | limit | measured | met | how |", "|---|---:|---:|---|---|"]
+    for g in result["goals"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+        lines.append(f"| {g['goal']} | {g['limit']} | {_fmt(g['measured'])} | {met} | "
+                     f"{g['how']} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- PNG: horizontal bars, drawn on a pixel grid with a 5x7 bitmap font -----------------------
+
+_GLYPHS = {
+    "0": "0e1113151911 0e", "1": "040c040404040e", "2": "0e11010204081f", "3": "1f020402011 10e",
+    "4": "02060a121f0202", "5": "1f101e0101110e", "6": "0608101e11110e", "7": "1f010204080808",
+    "8": "0e11110e11110e", "9": "0e11110f01020c", ".": "0000000000000c", "x": "0000110a040a11",
+    " ": "00000000000000", "-": "0000001f000000", "/": "01010204081010", ":": "000c0c000c0c00",
+    "(": "02040808080402", ")": "08040202020408", "%": "18190204081303", "=": "00001f001f0000",
+}
+_LETTERS = {
+    "a": "00000e010f110f", "b": "10101e1111111e", "c": "00000e1010110e", "d": "01010f1111110f",
+    "e": "00000e111f100e", "f": "06090838080808", "g": "000f11110f010e", "h": "1010161911 1111",
+    "i": "0400040c04040e", "j": "02000602021209", "k": "10101214181412", "l": "0c04040404040e",
+    "m": "00001a15151111", "n": "00001619111111", "o": "00000e1111110e", "p": "00001e111e1010",
+    "q": "00000f110f0101", "r": "00001619101010", "s": "00000e100e011e", "t": "08081c0808090 6",
+    "u": "00001111111 30d", "v": "0000111111 0a04", "w": "0000111115150a", "y": "000011110f010e",
+    "z": "00001f0204081f", "_": "0000000000001f",
+}
+_GLYPHS.update(_LETTERS)
+
+
+def _glyph(ch: str) -> list[int]:
+    code = _GLYPHS.get(ch.lower(), _GLYPHS[" "]).replace(" ", "")
+    return [int(code[i:i + 2], 16) for i in range(0, 14, 2)]
+
+
+class Canvas:
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.px = bytearray(b"\xff" * (width * height * 3))
+
+    def rect(self, x: int, y: int, w: int, h: int, rgb: tuple[int, int, int]) -> None:
+        for yy in range(max(0, y), min(self.height, y + h)):
+            for xx in range(max(0, x), min(self.width, x + w)):
+                i = (yy * self.width + xx) * 3
+                self.px[i:i + 3] = bytes(rgb)
+
+    def text(self, x: int, y: int, s: str, scale: int = 2, rgb=(0, 0, 0)) -> None:
+        for n, ch in enumerate(s):
+            for row, bits in enumerate(_glyph(ch)):
+                for col in range(5):
+                    if bits & (1 << (4 - col)):
+                        self.rect(x + (n * 6 + col) * scale, y + row * scale, scale, scale, rgb)
+
+    def png(self) -> bytes:
+        raw = b"".join(b"\x00" + bytes(self.px[y * self.width * 3:(y + 1) * self.width * 3])
+                       for y in range(self.height))
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            body = kind + data
+            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+COLOURS = {"bare": (120, 120, 120), "hardened": (30, 110, 200), "bwrap": (60, 160, 80),
+           "podman": (200, 90, 40)}
+
+
+def chart(table: dict) -> bytes:
+    """One panel per job: a bar per mode, its length the median ratio to bare, labelled."""
+    rows = [(job, mode, row) for job, modes in table.items() for mode, row in modes.items()]
+    width, bar_h, gap, left = 900, 22, 8, 330
+    height = 60 + len(rows) * (bar_h + gap) + len(table) * 30
+    canvas = Canvas(width, height)
+    canvas.text(10, 10, "median start-to-exit, ratio to bare (label: seconds)", 2)
+    top = max((row["ratio_to_bare"] or 0) for _, _, row in rows) or 1
+    y = 45
+    last_job = None
+    for job, mode, row in rows:
+        if job != last_job:
+            canvas.text(10, y + 4, job, 2, (0, 0, 120))
+            y += 30
+            last_job = job
+        ratio = row["ratio_to_bare"] or 0
+        canvas.text(30, y + 4, mode, 2)
+        length = int((width - left - 120) * ratio / top)
+        canvas.rect(left, y, max(length, 1), bar_h, COLOURS.get(mode, (0, 0, 0)))
+        canvas.text(left + length + 8, y + 4, f"{ratio:.2f}x {row['median']:.3f}", 2)
+        y += bar_h + gap
+    return canvas.png()

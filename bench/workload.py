@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Benchmark part 1, run as root INSIDE a converged VM: the executor's jobs under each confinement.
+
+`python3 workload.py --out workload.json [--runs-trivial 15] [--runs-audit 7]`. Not a timed test.
+Stdlib only (the guest has no venv); bench/run.py copies it with attack_plan.py next to it.
+
+Two jobs (a trivial /bin/true and the executor's real `cargo audit`, argv as in
+demo/components/executor.py) are started, interleaved round by round with the mode order rotated,
+in each confinement:
+- bare: the job as the executor's user (setpriv: uid, gid and groups only), no sandbox;
+- hardened: a runtime unit with the executor unit's own directives (`systemctl cat`, made into a
+  oneshot by attack_plan.sibling_unit, the same transformation the attack suite uses), timed
+  from `systemctl start` to its return (start to exit), plus systemd's own timestamps;
+- bwrap: bubblewrap alone (all namespaces unshared, read-only /usr and job inputs);
+- podman: `podman run --rm` with runc, of an image imported from the guest's Debian rootfs,
+  with equivalent confinement (no network, read-only, no capabilities, no new privileges,
+  the executor's uid); only if podman is installed.
+Every run's result is checked (exit status, and for cargo audit the JSON report's vulnerability
+count must be the same in every mode), so a mode that failed to run the job cannot look fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attack_plan import sibling_unit
+
+CARGO_AUDIT = "/opt/kernelfence/bin/executor/cargo-audit/current/cargo-audit"
+WORKSPACE = "/srv/kernelfence/executor"
+JOBS = {
+    "trivial": ["/bin/true"],
+    "cargo-audit": [CARGO_AUDIT, "audit", "--db", f"{WORKSPACE}/advisory-db", "--no-fetch",
+                    "--json", "--file", f"{WORKSPACE}/Cargo.lock"],
+}
+RECORD = {"name": "executor", "user": "kf-executor", "group": "kf-executor",
+          "command": "/usr/bin/python3 /opt/kernelfence/demo/executor.py"}
+UNIT_DIR = Path("/run/systemd/system")
+OUT_DIR = Path("/run/kfbench")
+IMAGE = "localhost/kfbench-rootfs"
+ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+PROPS = ("InactiveExitTimestampMonotonic", "ExecMainStartTimestampMonotonic",
+         "ExecMainExitTimestampMonotonic", "ExecMainStatus")
+
+
+def sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=False, **kw)
+
+
+def unit_name(job: str) -> str:
+    return f"kf-bench-{job}.service"
+
+
+def install_units() -> None:
+    merged = sh(["systemctl", "cat", "kf-executor.service"])
+    if merged.returncode:
+        sys.exit(f"kf-executor.service is not installed (converge site.yml first): {merged.stderr}")
+    OUT_DIR.mkdir(mode=0o755, exist_ok=True)
+    for job, argv in JOBS.items():
+        text = sibling_unit(merged.stdout, RECORD, argv, str(OUT_DIR / f"{job}.out"))
+        (UNIT_DIR / unit_name(job)).write_text(text)
+    sh(["systemctl", "daemon-reload"])
+
+
+def remove_units() -> None:
+    for job in JOBS:
+        sh(["systemctl", "reset-failed", unit_name(job)])
+        (UNIT_DIR / unit_name(job)).unlink(missing_ok=True)
+    sh(["systemctl", "daemon-reload"])
+
+
+def ids() -> tuple[int, int]:
+    entry = pwd.getpwnam(RECORD["user"])
+    return entry.pw_uid, entry.pw_gid
+
+
+def as_user(argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={RECORD['user']}", f"--regid={RECORD['group']}",
+            "--init-groups", "--", *argv]
+
+
+def bwrap_argv(argv: list[str], unprivileged: bool) -> list[str]:
+    uid, gid = ids()
+    inner = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+             "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+             "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+             "--symlink", "usr/sbin", "/sbin", "--ro-bind", "/etc", "/etc",
+             "--ro-bind", "/opt/kernelfence/bin", "/opt/kernelfence/bin",
+             "--ro-bind", WORKSPACE, WORKSPACE, "--proc", "/proc", "--dev", "/dev",
+             "--tmpfs", "/tmp", "--cap-drop", "ALL"]
+    if unprivileged:
+        return as_user([*inner, "--", *argv])
+    return [*inner, "--unshare-user", "--uid", str(uid), "--gid", str(gid), "--", *argv]
+
+
+def podman_argv(argv: list[str]) -> list[str]:
+    uid, gid = ids()
+    return ["podman", "run", "--rm", "--runtime", "runc", "--network", "none", "--read-only",
+            "--cap-drop", "all", "--security-opt", "no-new-privileges", "--user", f"{uid}:{gid}",
+            "--env", "HOME=/nonexistent",
+            "-v", "/opt/kernelfence/bin:/opt/kernelfence/bin:ro",
+            "-v", f"{WORKSPACE}:{WORKSPACE}:ro", IMAGE, *argv]
+
+
+def build_podman_image() -> str | None:
+    """Import the guest's own Debian rootfs (usr merged, no kernel modules or docs) as the image."""
+    if not shutil.which("podman"):
+        return "podman is not installed in the guest"
+    if sh(["podman", "image", "exists", IMAGE]).returncode == 0:
+        return None
+    tar = subprocess.Popen(["tar", "-C", "/", "--exclude=usr/lib/modules", "--exclude=usr/share",
+                            "--exclude=usr/lib/firmware", "--exclude=etc/kernelfence",
+                            "--exclude=etc/shadow", "--exclude=etc/ssh", "-cf", "-",
+                            "usr", "bin", "lib", "lib64", "sbin", "etc"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    imported = subprocess.run(["podman", "import", "-", IMAGE], stdin=tar.stdout,
+                              capture_output=True, text=True, check=False)
+    tar.wait()
+    if imported.returncode:
+        return f"podman import failed: {imported.stderr.strip()[-500:]}"
+    return None
+
+
+def vulnerabilities(stdout: str) -> int | None:
+    try:
+        return int(json.loads(stdout)["vulnerabilities"]["count"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def run_direct(argv: list[str]) -> dict:
+    began = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+    return {"s": time.perf_counter() - began, "rc": proc.returncode, "stdout": proc.stdout,
+            "stderr": proc.stderr[-400:]}
+
+
+def run_unit(job: str) -> dict:
+    unit = unit_name(job)
+    began = time.perf_counter()
+    proc = sh(["systemctl", "start", unit])
+    elapsed = time.perf_counter() - began
+    shown = sh(["systemctl", "show", unit, *(f"-p{p}" for p in PROPS)]).stdout
+    props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    sh(["systemctl", "reset-failed", unit])
+    out = OUT_DIR / f"{job}.out"
+    mono = {k: int(props.get(k) or 0) for k in PROPS[:3]}
+    return {"s": elapsed, "rc": int(props.get("ExecMainStatus") or -1),
+            "stdout": out.read_text() if out.exists() else "",
+            "stderr": proc.stderr[-400:],
+            "activation_s": (mono["ExecMainStartTimestampMonotonic"]
+                             - mono["InactiveExitTimestampMonotonic"]) / 1e6,
+            "main_s": (mono["ExecMainExitTimestampMonotonic"]
+                       - mono["ExecMainStartTimestampMonotonic"]) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--runs-trivial", type=int, default=15)
+    parser.add_argument("--runs-audit", type=int, default=7)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root inside the VM")
+    install_units()
+    try:
+        unprivileged = sh(bwrap_argv(["/bin/true"], True), env=ENV).returncode == 0
+        podman_missing = build_podman_image()
+        modes: dict = {
+            "bare": lambda job: run_direct(as_user(JOBS[job])),
+            "hardened": run_unit,
+            "bwrap": lambda job: run_direct(bwrap_argv(JOBS[job], unprivileged)),
+        }
+        if podman_missing is None:
+            modes["podman"] = lambda job: run_direct(podman_argv(JOBS[job]))
+        names = list(modes)
+        samples: dict = {job: {m: [] for m in names} for job in JOBS}
+        checks: dict = {job: {m: set() for m in names} for job in JOBS}
+        errors: list[str] = []
+        for job in JOBS:  # warm-up, not recorded: caches, podman storage, the unit load
+            for mode in names:
+                modes[mode](job)
+        rounds = max(args.runs_trivial, args.runs_audit)
+        for r in range(rounds):
+            for job, runs in (("trivial", args.runs_trivial), ("cargo-audit", args.runs_audit)):
+                if r >= runs:
+                    continue
+                order = names[r % len(names):] + names[: r % len(names)]
+                for mode in order:
+                    res = modes[mode](job)
+                    key = res["rc"] if job == "trivial" else (res["rc"],
+                                                             vulnerabilities(res["stdout"]))
+                    checks[job][mode].add(str(key))
+                    if (job == "trivial" and res["rc"] != 0) or (
+                            job == "cargo-audit" and vulnerabilities(res["stdout"]) is None):
+                        errors.append(f"{job}/{mode}: rc {res['rc']} {res['stderr']!r}")
+                        continue
+                    samples[job][mode].append({k: round(v, 4) for k, v in res.items()
+                                               if k in ("s", "activation_s", "main_s")})
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        result = {
+            "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+            "kernel": platform.release(), "cpus": os.cpu_count(),
+            "systemd": sh(["systemctl", "--version"]).stdout.split()[1],
+            "bwrap_as": "kf-executor (unprivileged user namespace)" if unprivileged
+            else "root with --unshare-user --uid/--gid (no unprivileged user namespaces)",
+            "podman": None if podman_missing else sh(["podman", "--version"]).stdout.strip(),
+            "podman_missing": podman_missing, "guest_loadavg_end": load,
+            "argv": JOBS, "samples": samples,
+            "results_seen": {j: {m: sorted(v) for m, v in c.items()} for j, c in checks.items()},
+            "errors": errors[:20],
+        }
+    finally:
+        remove_units()
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({j: {m: len(v) for m, v in s.items()} for j, s in samples.items()}))
+
+
+if __name__ == "__main__":
+    main()

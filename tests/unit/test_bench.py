@@ -1,0 +1,184 @@
+"""The benchmark's statistics, goals, report and PNG writer (bench/report.py), and its callback.
+
+The benchmark itself is never run here (it is not a timed test); these check the arithmetic and
+the artifacts it writes, on samples whose answers are worked out by hand and on recorded output.
+"""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import pytest
+
+from bench import report
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+
+
+def _samples(values, **extra):
+    return [{"s": v, **extra} for v in values]
+
+
+def test_summarise_median_quartiles_and_spread():
+    got = report.summarise([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert got == {"n": 5, "median": 3.0, "q1": 2.0, "q3": 4.0, "iqr": 2.0, "min": 1.0,
+                   "max": 5.0}
+    even = report.summarise([1.0, 2.0, 3.0, 10.0])
+    assert even["median"] == 2.5 and even["q1"] == 1.75 and even["q3"] == 4.75
+    assert report.summarise([0.5])["iqr"] == 0
+
+
+def test_summarise_refuses_an_empty_sample():
+    with pytest.raises(ValueError, match="no samples"):
+        report.summarise([])
+
+
+def test_workload_table_ratios_are_median_over_bare_median():
+    wl = {"samples": {"trivial": {
+        "bare": _samples([0.01, 0.02, 0.03]),
+        "hardened": _samples([0.1, 0.2, 0.3], activation_s=0.05),
+        "podman": _samples([1.0, 2.0, 9.0]),
+    }}}
+    table = report.workload_table(wl)["trivial"]
+    assert table["bare"]["ratio_to_bare"] == 1.0
+    assert table["hardened"]["ratio_to_bare"] == 10.0
+    assert table["hardened"]["activation_median"] == 0.05
+    assert table["podman"]["ratio_to_bare"] == 100.0
+    assert "bwrap" not in table  # a mode without samples is left out, not shown as zero
+
+
+def _table(bare_t, hard_t, podman_t, bare_a, hard_a):
+    wl = {"samples": {"trivial": {"bare": _samples([bare_t]), "hardened": _samples([hard_t]),
+                                  "podman": _samples([podman_t])},
+                      "cargo-audit": {"bare": _samples([bare_a]),
+                                      "hardened": _samples([hard_a])}}}
+    return report.workload_table(wl)
+
+
+def test_goals_met_and_missed_with_their_measured_ratios():
+    scan = [{"ratio": 1.2}, {"ratio": 1.9}]
+    rollout = {"first": {"wall_s": 400.0}, "rerun": {"wall_s": 80.0}}
+    got = {g["goal"]: g for g in report.goals(_table(0.01, 0.06, 1.01, 4.0, 4.2), rollout,
+                                              scan, {"1": 100.0, "8": 250.0})}
+    act = got["hardened activation / podman container start"]
+    assert act["measured"] == 0.05 and act["met"] is True
+    over = got["hardened job overhead over bare (job >= 1 s)"]
+    assert over["measured"] == 0.05 and over["met"] is True
+    assert got["idempotent re-run / first converge"]["measured"] == 0.2
+    assert got["8 hosts / 1 host converge"]["met"] is False
+    scan_goal = got["process scan / pscap -a (worst size)"]
+    assert scan_goal["measured"] == 1.9 and scan_goal["met"] is False
+
+
+def test_goals_not_measured_are_none_never_met():
+    got = report.goals(_table(0.01, 0.06, 1.01, 0.5, 0.6), None, [], None)
+    # cargo audit under one second: the job-overhead goal does not apply, so it is not judged.
+    assert [g["met"] for g in got] == [True, None, None, None, None]
+    no_podman = report.goals({"trivial": {"bare": {"median": 0.01},
+                                          "hardened": {"median": 0.05}}}, None, [], None)
+    assert no_podman[0]["met"] is None and no_podman[0]["measured"] is None
+
+
+def test_rollout_summary_counts_tasks_invocations_and_ranks_the_slowest():
+    timing = json.loads((FIXTURES / "callback_localhost.json").read_text())
+    got = report.rollout_summary(timing, top=2)
+    assert got["tasks"] == 3 and got["invocations"] == 4 and got["changed"] == 1
+    assert [t["seconds"] for t in got["slowest"]] == [1.555, 1.387]
+
+
+def _png_rows(data: bytes) -> tuple[int, int, bytes]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour) == (8, 2)
+    return width, height, zlib.decompress(chunks[b"IDAT"])
+
+
+def test_chart_is_a_valid_png_with_one_bar_per_mode():
+    table = _table(0.01, 0.06, 1.01, 4.0, 4.2)
+    width, height, raw = _png_rows(report.chart(table))
+    stride = 1 + 3 * width
+    assert len(raw) == height * stride
+    # The podman bar (ratio 101, the longest) is drawn in its colour; bare's in grey.
+    pixels = {bytes(raw[y * stride + 1 + x * 3: y * stride + 4 + x * 3])
+              for y in range(height) for x in range(0, width, 7)}
+    assert bytes(report.COLOURS["podman"]) in pixels
+    assert bytes(report.COLOURS["hardened"]) in pixels
+    assert bytes(report.COLOURS["bwrap"]) not in pixels  # no bwrap samples, no bwrap bar
+
+
+def test_markdown_has_every_measured_row_and_the_goals():
+    scan = json.loads((FIXTURES / "proc_scan_1000.json").read_text())
+    result = {"date": "2026-11-23", "machine": "test", "scan": [scan],
+              "workload": {"kernel": "6.1", "systemd": "252", "cpus": 2, "bwrap_as": "x",
+                           "podman": None, "podman_missing": "podman is not installed"},
+              "workload_table": _table(0.01, 0.06, 1.01, 4.0, 4.2)}
+    result["goals"] = report.goals(result["workload_table"], None, [scan], None)
+    text = report.markdown(result)
+    assert "| cargo-audit | hardened | 1 | 4.2000 |" in text
+    assert "not measured (podman is not installed)" in text
+    assert f"| {scan['processes_in_namespace']} | {scan['pscap_median_s']} |" in text
+    assert "| process scan / pscap -a (worst size) | 1.5 |" in text
+
+
+@pytest.mark.skipif(not shutil.which("ansible-playbook"), reason="needs the venv's ansible")
+def test_timing_callback_counts_loop_items_and_skips(tmp_path):
+    book = tmp_path / "pb.yml"
+    book.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - name: looped\n      ansible.builtin.command: 'true'\n      loop: [1, 2, 3]\n"
+        "      changed_when: false\n"
+        "    - name: changed\n      ansible.builtin.command: 'true'\n"
+        "    - name: skipped\n      ansible.builtin.debug: {msg: x}\n      when: false\n")
+    out = tmp_path / "timing.json"
+    env = {**os.environ, "ANSIBLE_CALLBACK_PLUGINS": str(REPO / "bench" / "callback_plugins"),
+           "ANSIBLE_CALLBACKS_ENABLED": "kf_bench_timing", "KF_BENCH_TIMING_OUT": str(out)}
+    subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "-e",
+                    "ansible_python_interpreter=/usr/bin/python3", str(book)],
+                   env=env, check=True, capture_output=True, cwd=tmp_path)
+    tasks = {t["name"]: t for t in json.loads(out.read_text())["tasks"]}
+    assert tasks["looped"]["invocations"] == 3 and tasks["looped"]["changed"] == 0
+    assert tasks["changed"]["invocations"] == 1 and tasks["changed"]["changed"] == 1
+    assert tasks["skipped"]["invocations"] == 0 and tasks["skipped"]["skipped"] == 1
+
+
+def test_hardened_bench_unit_keeps_every_executor_directive_and_runs_the_job():
+    """The benchmark's hardened mode is the executor's own unit (recorded `systemctl cat`,
+    Debian 12) with only its start-up changed: no sandbox directive may be lost."""
+    import sys
+
+    sys.path[:0] = [str(REPO / "bench"), str(REPO / "plugins" / "module_utils")]
+    try:
+        import workload
+    finally:
+        del sys.path[:2]
+    merged = (Path(__file__).parent / "fixtures" / "attack"
+              / "systemctl-cat-kf-executor-252.txt").read_text()
+    unit = workload.sibling_unit(merged, workload.RECORD, workload.JOBS["cargo-audit"],
+                                 "/run/kfbench/cargo-audit.out")
+    kept = [line for line in merged.splitlines()
+            if "=" in line and not line.startswith("#")
+            and line.split("=", 1)[0] in ("User", "NoNewPrivileges", "SystemCallFilter",
+                                          "ProtectSystem", "PrivateUsers", "IPAddressDeny",
+                                          "RestrictNamespaces", "ReadOnlyPaths")]
+    assert len(kept) >= 9
+    for line in kept:
+        assert line in unit.splitlines(), line
+    exec_start = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(exec_start) == 1
+    # systemd 252: still behind the seccomp launcher and the bubblewrap wrapper.
+    assert "kf-launch.py" in exec_start[0] and "/usr/bin/bwrap" in exec_start[0]
+    assert exec_start[0].endswith(" ".join(workload.JOBS["cargo-audit"]))
+    assert "Type=oneshot" in unit and "Restart=on-failure" not in unit
