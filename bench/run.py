@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# bench/run.py runs as a script from the checkout: the repository root must be on sys.path
+# before bench/ and tools/ can be imported, hence the imports below the path set-up (E402).
 sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402

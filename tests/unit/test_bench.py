@@ -6,7 +6,6 @@ the artifacts it writes, on samples whose answers are worked out by hand and on 
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import zlib
@@ -133,7 +132,6 @@ def test_markdown_has_every_measured_row_and_the_goals():
     assert "| process scan / pscap -a (worst size) | 1.5 |" in text
 
 
-@pytest.mark.skipif(not shutil.which("ansible-playbook"), reason="needs the venv's ansible")
 def test_timing_callback_counts_loop_items_and_skips(tmp_path):
     book = tmp_path / "pb.yml"
     book.write_text(

@@ -1,5 +1,7 @@
 """Shared fixtures of the VM scenarios: the component records the play deployed."""
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,17 @@ def components():
     data = yaml.safe_load(
         (REPO / "inventory/example/group_vars/kernelfence/components.yml").read_text())
     return normalize_components(data["kernelfence_components"])
+
+
+def run_playbook(host, playbook, *args, timeout=900, env_extra=None):
+    """ansible-playbook PLAYBOOK against this scenario's instance only (molecule's inventory,
+    the repository's ansible.cfg, plain output); never raises on the play's exit code."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="default", **(env_extra or {}))
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         "--limit", host.backend.get_hostname(), *args, str(playbook)],
+        capture_output=True, text=True, env=env, timeout=timeout, check=False)
 
 
 def as_user(host, user, code):

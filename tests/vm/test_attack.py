@@ -7,11 +7,10 @@ of the attempts through (proof that the attempts can succeed, so that the suite 
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 # Attempts that file permissions or the host's own defaults already stop for an unprivileged
@@ -22,13 +21,7 @@ MIN_LET_THROUGH = 18
 @pytest.fixture(scope="module")
 def attack(host, tmp_path_factory):
     out = tmp_path_factory.mktemp("attack") / "attack.json"
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(), "-e", f"kf_results={out}",
-         str(REPO / "tests/vm/playbooks/attack.yml")],
-        capture_output=True, text=True, env=env, timeout=900, check=False)
+    proc = run_playbook(host, REPO / "tests/vm/playbooks/attack.yml", "-e", f"kf_results={out}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     result = json.loads(out.read_text())
     name = host.backend.get_hostname()

@@ -2,12 +2,11 @@
 
 import copy
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load(
@@ -66,13 +65,7 @@ def run_bad_model(host, change, tmp_path):
     """Run the real play with a changed model; return its exit code and folded output."""
     extra = tmp_path / "bad.json"
     extra.write_text(json.dumps({"kernelfence_components": mutate(change)}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(), "-e", f"@{extra}",
-         str(REPO / "playbooks/site.yml")],
-        capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = run_playbook(host, REPO / "playbooks/site.yml", "-e", f"@{extra}", timeout=600)
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 

@@ -5,12 +5,10 @@ and an attempt the baseline blocks outside the units (where no unit's sandbox ap
 The check after a reboot is in test_network_policy.py, after the suite's one reboot.
 """
 
-import os
 import re
-import subprocess
 
 from ansible_collections.kernelfence.isolation.plugins.module_utils import host_baseline as hb
-from conftest import REPO, as_user, systemd_version
+from conftest import REPO, as_user, run_playbook, systemd_version
 
 FILE = "/etc/sysctl.d/60-kernelfence-baseline.conf"
 PLAYBOOK = REPO / "tests/vm/playbooks/host_baseline.yml"
@@ -77,12 +75,7 @@ def live_mismatches(host) -> tuple[dict[str, int], dict[str, str]]:
 
 
 def run_role(host, *args):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(), *args, str(PLAYBOOK)],
-        capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = run_playbook(host, PLAYBOOK, *args, timeout=600)
     out = proc.stdout + proc.stderr
     recap = re.search(rf"{host.backend.get_hostname()}\s+:\s+ok=\d+\s+changed=(\d+)", out)
     return proc.returncode, int(recap.group(1)) if recap else None, out

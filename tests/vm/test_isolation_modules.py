@@ -6,12 +6,10 @@ guest's /proc read independently over SSH.
 """
 
 import json
-import os
-import subprocess
 from xml.etree import ElementTree
 
 import pytest
-from conftest import REPO, ns_ids, proc_status, systemd_version
+from conftest import REPO, ns_ids, proc_status, run_playbook, systemd_version
 from test_bad_input import newer_directive
 
 UNITS = ["kf-orchestrator.service", "kf-executor.service", "kf-model_backend.service"]
@@ -21,15 +19,9 @@ UNITS = ["kf-orchestrator.service", "kf-executor.service", "kf-model_backend.ser
 def run(host, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("isolation")
     results, audit_dir = tmp / "results.json", tmp / "audit"
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(),
-         "-e", f"kf_results={results}", "-e", f"kernelfence_audit_dir={audit_dir}",
-         "-e", f"kf_unknown_directive={newer_directive(host)}",
-         str(REPO / "tests/vm/playbooks/isolation_modules.yml")],
-        capture_output=True, text=True, env=env, timeout=900, check=False)
+    proc = run_playbook(host, REPO / "tests/vm/playbooks/isolation_modules.yml",
+                        "-e", f"kf_results={results}", "-e", f"kernelfence_audit_dir={audit_dir}",
+                        "-e", f"kf_unknown_directive={newer_directive(host)}")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return {"results": json.loads(results.read_text()), "audit": audit_dir,
             "host": host.backend.get_hostname()}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load(
@@ -223,12 +224,7 @@ def _inventory_ssh(host):
 def _playbook(host, playbook, extra, tmp_path):
     extra_file = tmp_path / "extra.json"
     extra_file.write_text(json.dumps(extra))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(), "-e", f"@{extra_file}", str(playbook)],
-        capture_output=True, text=True, env=env, timeout=900, check=False)
+    proc = run_playbook(host, playbook, "-e", f"@{extra_file}")
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 

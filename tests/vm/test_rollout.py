@@ -3,12 +3,11 @@ real run rolls the broken components back to their previous good units and says 
 
 import copy
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import yaml
+from conftest import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load(
@@ -42,13 +41,8 @@ def states(host):
 def play(host, tmp_path, *flags):
     extra = tmp_path / "broken.json"
     extra.write_text(json.dumps({"kernelfence_components": broken_model()}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(), "-e", f"@{extra}", *flags,
-         str(REPO / "playbooks/site.yml")],
-        capture_output=True, text=True, env=env, timeout=1200, check=False)
+    proc = run_playbook(host, REPO / "playbooks/site.yml", "-e", f"@{extra}", *flags,
+                        timeout=1200)
     print(proc.stdout[-6000:])
     return proc.returncode, proc.stdout + proc.stderr
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 PLAYBOOK = Path(__file__).with_name("verified_binary.yml")
@@ -52,12 +53,7 @@ def run_role(host, tmp_path, artifact, backend="auto", env_extra=None):
     extra = tmp_path / "vars.json"
     extra.write_text(json.dumps({"kernelfence_components": model,
                                  "verified_binary_backend": backend}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default", **(env_extra or {}))
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         "--limit", host.backend.get_hostname(), "-e", f"@{extra}", str(PLAYBOOK)],
-        capture_output=True, text=True, env=env, timeout=900, check=False)
+    proc = run_playbook(host, PLAYBOOK, "-e", f"@{extra}", env_extra=env_extra)
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 
