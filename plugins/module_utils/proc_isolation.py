@@ -143,26 +143,20 @@ def thread_isolation(fields: dict[str, str]) -> dict:
     }
 
 
-def _between(text: str, start: str, end: str) -> str | None:
-    i = text.find(start)
-    if i < 0:
-        return None
-    j = text.find(end, i + len(start))
-    return text[i:] if j < 0 else text[i:j]
-
-
 def status_key(text: str) -> tuple | None:
     """The part of a status text that thread_isolation depends on (None: not recognisable).
 
     Most processes of a host share their credentials, capabilities and seccomp state, so the
     parsed result is cached under this key; the memory lines between them are left out.
     """
-    ids = _between(text, "\nUid:", "\nFDSize:")
-    groups = _between(text, "\nGroups:", "\n")
-    caps = _between(text, "\nCapInh:", "\nSpeculation")
-    if ids is None or groups is None or caps is None:
+    find = text.find
+    uid = find("\nUid:")
+    groups = find("\nGroups:")
+    caps = find("\nCapInh:")
+    if uid < 0 or groups < 0 or caps < 0:
         return None
-    return ids, groups, caps
+    return (text[uid:find("\nFDSize:", uid)], text[groups:find("\n", groups + 8)],
+            text[caps:find("\nSpeculation", caps)])
 
 
 class StatusCache:
@@ -188,11 +182,14 @@ class StatusCache:
 def _name_fields(text: str) -> dict[str, str]:
     """Name, PPid and Threads of a status text, without parsing the rest."""
     out = {}
-    for key in ("Name", "PPid", "Threads"):
-        line = _between(text, key + ":", "\n") if text.startswith(key) else \
-            _between(text, "\n" + key + ":", "\n")
-        if line is not None:
-            out[key] = line.split(":", 1)[1].strip()
+    find = text.find
+    if text.startswith("Name:"):
+        out["Name"] = text[5:find("\n")].strip()
+    for key, tag in (("PPid", "\nPPid:"), ("Threads", "\nThreads:")):
+        i = find(tag)
+        if i >= 0:
+            j = find("\n", i + 1)
+            out[key] = (text[i + len(tag):] if j < 0 else text[i + len(tag):j]).strip()
     return out
 
 
@@ -218,8 +215,8 @@ class ProcReader:
     def pids(self) -> list[int]:
         return sorted(int(name) for name in os.listdir(self.root) if name.isdigit())
 
-    def _read(self, path: str) -> str:
-        fd = os.open(path, os.O_RDONLY)
+    def _read(self, path: str, dir_fd: int | None = None) -> str:
+        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
         try:
             chunks = [os.read(fd, 65536)]
             while len(chunks[-1]) == 65536:
@@ -228,28 +225,40 @@ class ProcReader:
             os.close(fd)
         return b"".join(chunks).decode("utf-8", "replace")
 
-    def _link(self, path: str) -> tuple[str, bool]:
+    def _link(self, path: str, dir_fd: int | None = None) -> tuple[str, bool]:
         """A link's target and True, or the text of the file a recorded tree keeps and False."""
         try:
-            return os.readlink(path), True
+            return os.readlink(path, dir_fd=dir_fd), True
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-        return self._read(path).strip(), False
+        return self._read(path, dir_fd).strip(), False
 
-    def namespaces(self, pid: int | str) -> tuple[dict[str, str | None], list[str]]:
+    def _open_pid(self, pid: int | str) -> int:
+        """A directory fd of /proc/PID: every later read names this process, never a new one
+        that reused its PID (reads through it fail with ESRCH once the process is gone)."""
+        return os.open(f"{self.root}/{pid}", os.O_RDONLY | os.O_DIRECTORY)
+
+    def namespaces(self, pid: int | str, dir_fd: int | None = None
+                   ) -> tuple[dict[str, str | None], list[str]]:
         ids: dict[str, str | None] = {}
         problems = []
-        base = f"{self.root}/{pid}/ns/"
-        for name in NAMESPACES:
-            try:
-                ids[name] = self._link(base + name)[0]
-            except FileNotFoundError:
-                ids[name] = None
-                problems.append(f"ns/{name}: absent")
-            except PermissionError:
-                ids[name] = None
-                problems.append(f"ns/{name}: permission denied")
+        own = dir_fd is None
+        if own:
+            dir_fd = self._open_pid(pid)
+        try:
+            for name in NAMESPACES:
+                try:
+                    ids[name] = self._link("ns/" + name, dir_fd)[0]
+                except FileNotFoundError:
+                    ids[name] = None
+                    problems.append(f"ns/{name}: absent")
+                except PermissionError:
+                    ids[name] = None
+                    problems.append(f"ns/{name}: permission denied")
+        finally:
+            if own:
+                os.close(dir_fd)
         return ids, problems
 
     def init_namespaces(self) -> dict[str, str | None]:
@@ -257,9 +266,9 @@ class ProcReader:
             self._init_ns = (self.namespaces(1)[0] if os.path.isdir(f"{self.root}/1") else {})
         return self._init_ns
 
-    def _exe_facts(self, exe: str) -> tuple[str | None, bytes | None]:
+    def _exe_facts(self, exe: str, dir_fd: int | None = None) -> tuple[str | None, bytes | None]:
         """sha256 and raw file capabilities of a live executable, once per distinct file."""
-        info = os.stat(exe)
+        info = os.stat("exe", dir_fd=dir_fd) if dir_fd is not None else os.stat(exe)
         key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, info.st_ctime_ns)
         facts = self._digests.get(key)
         if facts is None:
@@ -267,11 +276,11 @@ class ProcReader:
             self._digests[key] = facts
         return facts
 
-    def executable(self, pid: int) -> dict | None:
+    def executable(self, pid: int, dir_fd: int | None = None) -> dict | None:
         """Path, sha256 and file capabilities of the process's executable (None: kernel thread)."""
         exe = f"{self.root}/{pid}/exe"
         try:
-            target, live = self._link(exe)
+            target, live = (self._link(exe) if dir_fd is None else self._link("exe", dir_fd))
         except FileNotFoundError:
             return None
         except PermissionError:
@@ -280,7 +289,7 @@ class ProcReader:
         result: dict = {"path": target, "sha256": None, "file_capabilities": None, "error": None}
         if live:
             try:
-                result["sha256"], raw = self._exe_facts(exe)
+                result["sha256"], raw = self._exe_facts(exe, dir_fd)
             except OSError as exc:
                 result["error"] = f"exe: {os.strerror(exc.errno or 0)}"
                 return result
@@ -299,12 +308,21 @@ class ProcReader:
 
         The process's own fields are its main thread's; `threads` holds the other threads.
         """
-        base = f"{self.root}/{pid}"
         try:
-            status, main = self._status.isolation(self._read(base + "/status"))
+            dfd = self._open_pid(pid)
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise Vanished(pid) from exc
+        try:
+            return self._process(pid, dfd)
+        finally:
+            os.close(dfd)
+
+    def _process(self, pid: int, dfd: int) -> dict:
+        try:
+            status, main = self._status.isolation(self._read("status", dfd))
             # One thread (the common case): no need to list task/.
             tids = [pid] if status.get("Threads") == "1" else \
-                [int(t) for t in os.listdir(base + "/task")]
+                [int(t) for t in os.listdir(f"{self.root}/{pid}/task")]
         except (FileNotFoundError, ProcessLookupError) as exc:
             raise Vanished(pid) from exc
         threads = []
@@ -314,20 +332,20 @@ class ProcReader:
                     continue
                 try:
                     fields, shared = self._status.isolation(
-                        self._read(f"{base}/task/{tid}/status"))
+                        self._read(f"task/{tid}/status", dfd))
                 except (FileNotFoundError, ProcessLookupError):
                     continue  # a thread that exited since the listing
                 entry = dict(shared)
                 entry["tid"] = tid
                 entry["name"] = fields.get("Name")
                 threads.append(entry)
-        ns, problems = self.namespaces(pid)
+        ns, problems = self.namespaces(pid, dfd)
         try:
-            cgroup_text = self._read(base + "/cgroup")
-            exe = self.executable(pid)
+            cgroup_text = self._read("cgroup", dfd)
+            exe = self.executable(pid, dfd)
         except (FileNotFoundError, ProcessLookupError) as exc:
             raise Vanished(pid) from exc
-        if (problems or exe is None) and not os.path.isdir(base):
+        if (problems or exe is None) and not _alive(dfd):
             raise Vanished(pid)  # links vanish with the process: do not report them as absent
         cgroup = self._cgroups.get(cgroup_text)
         if cgroup is None:
@@ -402,6 +420,16 @@ def unit_of_cgroup(lines: list[str]) -> str | None:
                 if part.endswith((".service", ".scope", ".socket")):
                     return part
     return None
+
+
+def _alive(dir_fd: int) -> bool:
+    """Whether the process behind a /proc/PID directory fd still exists (a recorded tree's
+    directory always does)."""
+    try:
+        os.stat("status", dir_fd=dir_fd)
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return True
 
 
 def _int(value: str | None) -> int | None:
