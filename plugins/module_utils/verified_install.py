@@ -216,6 +216,54 @@ def inventory(root: str, items: list[Item]) -> dict:
             "binaries": sorted(binaries, key=lambda b: (b["component"], b["name"]))}
 
 
+def refresh_inventory(root: str) -> bool:
+    """Re-read every binary of inventory.json from the version ``current`` points at now.
+
+    A health check that rolls a binary back moves ``current`` without knowing the model's
+    artifacts: the inventory must then show the digest, version and evidence of the version
+    that runs, not of the one that was rolled back. Returns whether the file changed.
+    """
+    path = os.path.join(root, INVENTORY)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    changed = False
+    for entry in data.get("binaries", []):
+        base = os.path.dirname(os.path.dirname(entry["path"]))
+        vname = _readlink(os.path.join(base, "current"))
+        if not vname:
+            continue
+        vdir = os.path.join(base, vname)
+        try:
+            with open(os.path.join(vdir, "evidence.json"), encoding="utf-8") as handle:
+                evidence = json.load(handle)
+        except (OSError, ValueError):
+            evidence = {}
+        sha256 = evidence.get("sha256") or sha256_file(os.path.join(vdir, entry["name"]))
+        suffix = f"-{sha256[:12]}"
+        previous = _readlink(os.path.join(base, "previous"))
+        fresh = {
+            **entry, "sha256": sha256,
+            "version": vname[: -len(suffix)] if vname.endswith(suffix) else None,
+            "installed": os.path.join(vdir, entry["name"]),
+            "sbom": os.path.join(vdir, "sbom.cdx.json"),
+            "evidence": os.path.join(vdir, "evidence.json"),
+            "verified_at": evidence.get("verified_at"),
+            "verified_by": evidence.get("tool"),
+            "signer": evidence.get("signer_identity") or evidence.get("key_fingerprint"),
+            "previous": os.path.join(base, previous) if previous else None,
+        }
+        if fresh != entry:
+            entry.update(fresh)
+            changed = True
+    if changed:
+        _write_json(path, data)
+        os.chown(path, 0, 0)
+    return changed
+
+
 def write_inventory(root: str, items: list[Item], check_mode: bool) -> bool:
     data = inventory(root, items)
     path = os.path.join(root, INVENTORY)

@@ -78,6 +78,15 @@ options:
       component's C(current) link is pointed back at it.
     type: dict
     default: {}
+  previous_ruleset:
+    description:
+      - The network policy as it was before this run, when this run changed it (the
+        network_policy role's C(path), C(content), C(mode) and the C(unit) that loads it).
+        The ruleset is shared by every component, so when any service fails its file is put
+        back and its unit restarted (one C(nft -f) transaction replacing the kernelfence table)
+        before the services are restarted.
+    type: dict
+    default: {}
   rollback:
     description: Put a failing component's previous files back and restart it.
     type: bool
@@ -130,6 +139,9 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_failure
     explain,
     parse_journal,
     parse_show,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_install import (
+    refresh_inventory,
 )
 
 SHOW_PROPS = "Id,NRestarts,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus"
@@ -265,9 +277,14 @@ def _restore_file(entry: dict) -> None:
 
 
 def _rollback(module: AnsibleModule, components: set, previous: list[dict],
-              services: list[dict]) -> tuple[list[str], list[str]]:
-    """Put the components' previous files back; return (restored paths, units to restart)."""
+              services: list[dict], ruleset: dict | None = None
+              ) -> tuple[list[str], list[str]]:
+    """Put the components' previous files back (and the network policy, shared by all of them,
+    when this run changed it); return (restored paths, units to restart)."""
     entries = [e for e in previous if e.get("component") in components]
+    if ruleset:
+        entries.append({"path": ruleset["path"], "content": ruleset["content"],
+                        "mode": ruleset.get("mode", "0600"), "component": None})
     if not entries:
         return [], []
     units = [s["name"] for s in services if s.get("component") in components]
@@ -285,6 +302,14 @@ def _rollback(module: AnsibleModule, components: set, previous: list[dict],
             module.fail_json(msg=f"rollback of {entry['path']} failed: {exc}. Fix: restore it "
                                  "by hand from the play's previous output", previous=entries)
     module.run_command(["systemctl", "daemon-reload"])
+    if ruleset:
+        # The previous ruleset was loaded before this run: loading it again replaces our table
+        # in one transaction, before the services come back under it.
+        rc, _out, err = module.run_command(["systemctl", "restart", ruleset["unit"]])
+        if rc != 0:
+            module.fail_json(msg=f"rollback of the network policy: {ruleset['unit']} did not "
+                                 f"load {ruleset['path']} again: {err.strip()}. Fix: check it "
+                                 f"with nft -c -f {ruleset['path']}", previous=entries)
     restart = [u for u in [*sockets, *units] if u not in new_units]
     if restart:
         module.run_command(["systemctl", "reset-failed", *restart])
@@ -304,6 +329,7 @@ def main():
             "since": {"type": "float"},
             "previous": {"type": "list", "elements": "dict", "default": []},
             "previous_binaries": {"type": "dict", "default": {}},
+            "previous_ruleset": {"type": "dict", "default": {}},
             "rollback": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
@@ -333,6 +359,13 @@ def main():
         service = by_name[name]
         failure = explain(name, shows.get(name, {}), _journal(module, name, since),
                           service["content"], service.get("component"), before_text.get(name))
+        ruleset = p["previous_ruleset"]
+        comp = service.get("component")
+        if ruleset and comp not in {e.get("component") for e in p["previous"]}:
+            # Neither its unit nor its binary changed in this run, the network policy did.
+            failure["fix"] = (f"this run changed the network policy ({ruleset.get('path')}): "
+                              f"make kernelfence_components[{comp}].network allow what it "
+                              "must reach, or undo that change")
         if why.startswith("probe"):
             failure["text"] = f"{name} failed its health check: {why}. Fix: {failure['fix']}"
         failure["check"] = why
@@ -341,13 +374,23 @@ def main():
     components = {by_name[n].get("component") for n in bad}
     restarted: list[str] = []
     if p["rollback"]:
-        result["rolled_back"], restarted = _rollback(module, components, p["previous"], services)
+        ruleset = p["previous_ruleset"] or None
+        if ruleset and not all(ruleset.get(k) is not None for k in ("path", "content", "unit")):
+            module.fail_json(msg="previous_ruleset needs path, content and unit")
+        result["rolled_back"], restarted = _rollback(module, components, p["previous"], services,
+                                                     ruleset)
+        # A binary link moved back: the host's inventory must list the version that runs.
+        for root in sorted({os.path.dirname(os.path.dirname(os.path.dirname(str(old))))
+                            for label, old in p["previous_binaries"].items()
+                            if label.split("/")[0] in components}):
+            refresh_inventory(root)
         result["changed"] = bool(result["rolled_back"])
     if restarted:
         again = _watch(module, [by_name[n] for n in restarted], p["window"], p["probe_timeout"])
         result["after_rollback"] = {n: again.get(n, "active") for n in restarted}
     changed_components = {e.get("component") for e in p["previous"]}
-    unchanged = sorted(n for n in bad if by_name[n].get("component") not in changed_components)
+    unchanged = sorted(n for n in bad if by_name[n].get("component") not in changed_components
+                       and not p["previous_ruleset"])
     outcome = []
     if result["rolled_back"]:
         states = ", ".join(f"{n}: {s}" for n, s in result["after_rollback"].items())

@@ -77,3 +77,58 @@ def test_a_probe_on_a_socket_the_component_does_not_have_is_refused():
                                              r"'job.sock' is not a socket of executor"):
         ch._services(_NoFail(), units, comps,
                      {"executor": {"socket": "job.sock", "request": "{}", "expect": "report"}})
+
+
+class _Recorder:
+    """Stands in for AnsibleModule.run_command: records the systemctl calls, all succeed."""
+
+    def __init__(self, rc=0):
+        self.calls, self.rc = [], rc
+
+    def run_command(self, argv):
+        self.calls.append(argv)
+        return (self.rc if argv[1] == "restart" else 0), "", "nft: syntax error"
+
+    def fail_json(self, **kwargs):
+        raise AssertionError(kwargs["msg"])
+
+
+def test_rollback_puts_the_ruleset_back_and_loads_it_before_the_services_start(tmp_path):
+    policy = tmp_path / "network-policy.nft"
+    policy.write_text("table inet kernelfence { # this run's, breaks the executor\n}\n")
+    old = "table inet kernelfence { # the previous, good one\n}\n\n"
+    module = _Recorder()
+    restored, restarted = ch._rollback(
+        module, {"executor"}, [], [{"name": "kf-executor.service", "component": "executor"}],
+        {"path": str(policy), "content": old, "mode": "0600",
+         "unit": "kf-network-policy.service", "uid": os.getuid(), "gid": os.getgid()})
+    assert policy.read_text() == old  # byte for byte, trailing blank line included
+    assert policy.stat().st_mode & 0o7777 == 0o600
+    assert restored == [str(policy)] and restarted == ["kf-executor.service"]
+    order = [" ".join(c[1:]) for c in module.calls]
+    assert order.index("restart kf-network-policy.service") < order.index(
+        "start kf-executor.service"), order
+    assert order.index("stop kf-executor.service") < order.index(
+        "restart kf-network-policy.service"), order
+
+
+def test_rollback_without_a_ruleset_change_touches_no_ruleset(tmp_path):
+    module = _Recorder()
+    assert ch._rollback(module, {"executor"}, [], [], None) == ([], [])
+    assert module.calls == []
+
+
+def test_a_ruleset_that_does_not_load_again_fails_with_the_fix(tmp_path):
+    policy = tmp_path / "network-policy.nft"
+    policy.write_text("new\n")
+    module = _Recorder(rc=1)
+    try:
+        ch._rollback(module, {"executor"}, [], [],
+                     {"path": str(policy), "content": "old\n", "mode": "0600",
+                      "unit": "kf-network-policy.service", "uid": os.getuid(),
+                      "gid": os.getgid()})
+    except AssertionError as exc:
+        assert "kf-network-policy.service did not load" in str(exc)
+        assert f"nft -c -f {policy}" in str(exc)
+    else:
+        raise AssertionError("a ruleset that does not load again must fail the rollback")

@@ -12,6 +12,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_ins
     Item,
     install,
     plan,
+    refresh_inventory,
 )
 
 
@@ -120,3 +121,24 @@ def test_tampered_installed_file_is_reinstalled(tmp_path):
     assert plan(root, [v1]) == ["executor/tool"]
     install(root, [v1])
     assert current.read_bytes() == b"v1 binary"
+
+
+def test_inventory_follows_a_link_the_health_check_moved_back(tmp_path):
+    root = str(tmp_path / "bin")
+    v1, v2 = staged(tmp_path, "1.0", b"good"), staged(tmp_path, "2.0", b"breaks the service")
+    install(root, [v1])
+    install(root, [v2])
+    base = tmp_path / "bin/executor/tool"
+    inventory = tmp_path / "bin/inventory.json"
+    assert json.loads(inventory.read_text())["binaries"][0]["sha256"] == v2.sha256
+    # What component_health does on a failed health check: current points back at 1.0.
+    os.symlink(f"1.0-{v1.sha256[:12]}", base / "current.tmp")
+    os.rename(base / "current.tmp", base / "current")
+    assert refresh_inventory(root) is True
+    entry = json.loads(inventory.read_text())["binaries"][0]
+    assert entry["sha256"] == v1.sha256 and entry["version"] == "1.0"
+    assert entry["installed"] == f"{root}/executor/tool/1.0-{v1.sha256[:12]}/tool"
+    assert entry["verified_at"] == "t-1.0"
+    assert entry["path"] == f"{root}/executor/tool/current/tool"
+    assert refresh_inventory(root) is False  # already true to the host: not rewritten
+    assert refresh_inventory(str(tmp_path / "nothing-installed")) is False
