@@ -179,10 +179,17 @@ def _systemd_lines(entries: list[dict], unit: str) -> list[str]:
     return lines
 
 
+def _wrapper_notice(message: str) -> bool:
+    """The bubblewrap launcher's start-up notice (systemd < 257), not the workload's output.
+    A crash-looping unit logs it again at each restart, right after the previous crash."""
+    return message.startswith("kf-launch: ") and " names not known here: " in message
+
+
 def _workload_lines(entries: list[dict]) -> list[str]:
     """The workload's own output (stdout/stderr to the journal), in order."""
     return [e.get("MESSAGE", "") for e in entries
-            if e.get("_TRANSPORT") == "stdout" and e.get("MESSAGE")]
+            if e.get("_TRANSPORT") == "stdout" and e.get("MESSAGE")
+            and not _wrapper_notice(e["MESSAGE"])]
 
 
 def directive_for(lines: list[str], unit_text: str) -> tuple[str, str] | tuple[None, None]:

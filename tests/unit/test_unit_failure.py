@@ -65,6 +65,19 @@ def test_eperm_reports_the_workloads_last_words_and_what_the_run_changed():
         in result["fix"]
 
 
+def test_the_wrappers_start_up_notice_is_not_taken_for_the_workloads_last_words():
+    """Debian 12 (bubblewrap path): the launcher's notice of the next restart lands after the
+    crash's traceback; the fix must still come from the traceback (seen in a CI run)."""
+    unit, show, entries, text = recorded("eperm")
+    before = text.replace("SystemCallFilter=~accept4 accept", "SystemCallFilter=~accept")
+    notice = {**[e for e in entries if e.get("_TRANSPORT") == "stdout"][-1],
+              "MESSAGE": "kf-launch: 2 names not known here: riscv_hwprobe uretprobe"}
+    result = explain(unit, show, [*entries, notice], text, "model_backend", before)
+    assert result["output"][-1] == "PermissionError: [Errno 1] Operation not permitted"
+    assert result["fix"] == ("the workload needs a syscall this run denied: remove accept4 "
+                             "from kernelfence_components[model_backend].syscalls.deny")
+
+
 def test_missing_binary_is_203_exec():
     unit, show, entries, text = recorded("exec")
     result = explain(unit, show, entries, text, "executor")
