@@ -361,13 +361,25 @@ def main():
                           service["content"], service.get("component"), before_text.get(name))
         ruleset = p["previous_ruleset"]
         comp = service.get("component")
-        if ruleset and comp not in {e.get("component") for e in p["previous"]}:
+        general_fix = failure["fix"]
+        switched = sorted(label for label in p["previous_binaries"]
+                          if label.split("/")[0] == comp)
+        unit_changed = comp in {e.get("component") for e in p["previous"] if "link" not in e}
+        if switched and not unit_changed and not failure.get("directive"):
+            # Its unit did not change in this run, its binary did: the likely cause.
+            failure["fix"] = (f"this run switched {', '.join(switched)} to a new version, which "
+                              "fails here: fix that build, or keep the version that ran before "
+                              f"in kernelfence_components[{comp}].artifacts (it was put back)")
+        elif ruleset and comp not in {e.get("component") for e in p["previous"]}:
             # Neither its unit nor its binary changed in this run, the network policy did.
             failure["fix"] = (f"this run changed the network policy ({ruleset.get('path')}): "
                               f"make kernelfence_components[{comp}].network allow what it "
                               "must reach, or undo that change")
         if why.startswith("probe"):
             failure["text"] = f"{name} failed its health check: {why}. Fix: {failure['fix']}"
+        elif failure["fix"] != general_fix:
+            failure["text"] = failure["text"].replace(f"Fix: {general_fix}",
+                                                      f"Fix: {failure['fix']}")
         failure["check"] = why
         result["failures"].append(failure)
 

@@ -139,6 +139,8 @@ def test_a_new_binary_that_fails_its_health_check_is_rolled_back(host, tmp_path)
     assert rc == 2, folded[-4000:]
     assert "kf-executor.service failed its health check: probe on" in folded, folded[-4000:]
     assert "answered without 'report'" in folded, folded[-4000:]
+    assert ("Fix: this run switched executor/cargo-audit to a new version, which fails here"
+            in folded), folded[-4000:]
     assert f"Rolled back to the previous good version ({BIN}/current" in folded, folded[-4000:]
     # The link, the files and the host's inventory are back on the verified release.
     assert host.run("readlink %s/current", BIN).stdout.strip() == before_link
