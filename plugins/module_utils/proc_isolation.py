@@ -155,8 +155,13 @@ def status_key(text: str) -> tuple | None:
     caps = find("\nCapInh:")
     if uid < 0 or groups < 0 or caps < 0:
         return None
-    return (text[uid:find("\nFDSize:", uid)], text[groups:find("\n", groups + 8)],
-            text[caps:find("\nSpeculation", caps)])
+
+    def upto(marker: str, start: int) -> int:
+        end = find(marker, start)
+        return len(text) if end < 0 else end
+
+    return (text[uid:upto("\nFDSize:", uid)], text[groups:upto("\n", groups + 8)],
+            text[caps:upto("\nSpeculation", caps)])
 
 
 class StatusCache:

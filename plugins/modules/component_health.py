@@ -365,11 +365,14 @@ def main():
         switched = sorted(label for label in p["previous_binaries"]
                           if label.split("/")[0] == comp)
         unit_changed = comp in {e.get("component") for e in p["previous"] if "link" not in e}
-        if switched and not unit_changed and not failure.get("directive"):
-            # Its unit did not change in this run, its binary did: the likely cause.
+        if (switched and not unit_changed and not failure.get("directive")
+                and not failure.get("syscalls")):
+            # Its unit did not change in this run, its binary did: the likely cause (a syscall
+            # the kernel named keeps explain()'s sharper fix).
             failure["fix"] = (f"this run switched {', '.join(switched)} to a new version, which "
                               "fails here: fix that build, or keep the version that ran before "
-                              f"in kernelfence_components[{comp}].artifacts (it was put back)")
+                              f"in kernelfence_components[{comp}].artifacts"
+                              + (" (it was put back)" if p["rollback"] else ""))
         elif ruleset and comp not in {e.get("component") for e in p["previous"]}:
             # Neither its unit nor its binary changed in this run, the network policy did.
             failure["fix"] = (f"this run changed the network policy ({ruleset.get('path')}): "
@@ -395,7 +398,12 @@ def main():
         for root in sorted({os.path.dirname(os.path.dirname(os.path.dirname(str(old))))
                             for label, old in p["previous_binaries"].items()
                             if label.split("/")[0] in components}):
-            refresh_inventory(root)
+            try:
+                refresh_inventory(root)
+            except (OSError, KeyError, ValueError) as exc:
+                # The rollback itself is done; a stale inventory must not hide why it happened.
+                module.warn(f"{root}/inventory.json could not be read back after the rollback: "
+                            f"{exc}; the next verified_binary run rewrites it")
         result["changed"] = bool(result["rolled_back"])
     if restarted:
         again = _watch(module, [by_name[n] for n in restarted], p["window"], p["probe_timeout"])

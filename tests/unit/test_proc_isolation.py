@@ -107,3 +107,19 @@ def test_cap_names_unknown_bit_is_named_by_number():
 ])
 def test_unit_of_cgroup(lines, unit):
     assert unit_of_cgroup(lines) == unit
+
+
+def test_status_key_keeps_the_last_character_when_a_marker_is_missing():
+    """A status text cut before `Speculation...` (old kernels, recorded trees): two texts that
+    differ only in their last character must not share a cache entry."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
+        StatusCache,
+    )
+
+    head = ("Name:\tx\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nFDSize:\t64\nGroups:\t\n"
+            "CapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\n"
+            "CapBnd:\t000001ffffffffff\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n"
+            "Seccomp:\t2\nSeccomp_filters:\t")
+    cache = StatusCache()
+    assert cache.isolation(head + "0")[1]["seccomp"]["filters"] == 0
+    assert cache.isolation(head + "2")[1]["seccomp"]["filters"] == 2
