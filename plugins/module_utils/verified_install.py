@@ -188,30 +188,39 @@ def plan(root: str, items: list[Item]) -> list[str]:
     return [item.label for item in items if not is_current(root, item)]
 
 
+def _evidence(vdir: str) -> dict:
+    try:
+        with open(os.path.join(vdir, "evidence.json"), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return {}
+
+
+def _entry(base: str, component: str, name: str, version: str | None, sha256: str,
+           vdir: str, evidence: dict) -> dict:
+    """One binary of the inventory: what `current` points at, its SBOM and evidence."""
+    previous = _readlink(os.path.join(base, "previous"))
+    return {
+        "component": component, "name": name, "version": version, "sha256": sha256,
+        "path": os.path.join(base, "current", name),
+        "installed": os.path.join(vdir, name),
+        "sbom": os.path.join(vdir, "sbom.cdx.json"),
+        "evidence": os.path.join(vdir, "evidence.json"),
+        "verified_at": evidence.get("verified_at"),
+        "verified_by": evidence.get("tool"),
+        "signer": evidence.get("signer_identity") or evidence.get("key_fingerprint"),
+        "previous": os.path.join(base, previous) if previous else None,
+    }
+
+
 def inventory(root: str, items: list[Item]) -> dict:
     """The host's list of component binaries, read back from what is installed."""
     binaries = []
     for item in items:
         base = item.base(root)
         vdir = os.path.join(base, _readlink(os.path.join(base, "current")) or "")
-        evidence = {}
-        try:
-            with open(os.path.join(vdir, "evidence.json"), encoding="utf-8") as handle:
-                evidence = json.load(handle)
-        except (OSError, ValueError):
-            pass
-        previous = _readlink(os.path.join(base, "previous"))
-        binaries.append({
-            "component": item.component, "name": item.name, "version": item.version,
-            "sha256": item.sha256, "path": os.path.join(base, "current", item.name),
-            "installed": os.path.join(vdir, item.name),
-            "sbom": os.path.join(vdir, "sbom.cdx.json"),
-            "evidence": os.path.join(vdir, "evidence.json"),
-            "verified_at": evidence.get("verified_at"),
-            "verified_by": evidence.get("tool"),
-            "signer": evidence.get("signer_identity") or evidence.get("key_fingerprint"),
-            "previous": os.path.join(base, previous) if previous else None,
-        })
+        binaries.append(_entry(base, item.component, item.name, item.version, item.sha256,
+                               vdir, _evidence(vdir)))
     return {"kernelfence_inventory": 1,
             "binaries": sorted(binaries, key=lambda b: (b["component"], b["name"]))}
 
@@ -236,25 +245,12 @@ def refresh_inventory(root: str) -> bool:
         if not vname:
             continue
         vdir = os.path.join(base, vname)
-        try:
-            with open(os.path.join(vdir, "evidence.json"), encoding="utf-8") as handle:
-                evidence = json.load(handle)
-        except (OSError, ValueError):
-            evidence = {}
+        evidence = _evidence(vdir)
         sha256 = evidence.get("sha256") or sha256_file(os.path.join(vdir, entry["name"]))
         suffix = f"-{sha256[:12]}"
-        previous = _readlink(os.path.join(base, "previous"))
-        fresh = {
-            **entry, "sha256": sha256,
-            "version": vname[: -len(suffix)] if vname.endswith(suffix) else None,
-            "installed": os.path.join(vdir, entry["name"]),
-            "sbom": os.path.join(vdir, "sbom.cdx.json"),
-            "evidence": os.path.join(vdir, "evidence.json"),
-            "verified_at": evidence.get("verified_at"),
-            "verified_by": evidence.get("tool"),
-            "signer": evidence.get("signer_identity") or evidence.get("key_fingerprint"),
-            "previous": os.path.join(base, previous) if previous else None,
-        }
+        version = vname[: -len(suffix)] if vname.endswith(suffix) else None
+        fresh = {**entry, **_entry(base, entry["component"], entry["name"], version, sha256,
+                                   vdir, evidence)}
         if fresh != entry:
             entry.update(fresh)
             changed = True
