@@ -274,11 +274,18 @@ class ProcReader:
     def _exe_facts(self, exe: str, dir_fd: int | None = None) -> tuple[str | None, bytes | None]:
         """sha256 and raw file capabilities of a live executable, once per distinct file."""
         info = os.stat("exe", dir_fd=dir_fd) if dir_fd is not None else os.stat(exe)
-        key = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, info.st_ctime_ns)
-        facts = self._digests.get(key)
+        facts = self._digests.get(_file_key(info))
         if facts is None:
-            facts = (_sha256(exe), _getxattr(exe))
-            self._digests[key] = facts
+            # A miss opens the file through the same directory fd and caches what it hashed
+            # under that open file's own identity, never under the stat above (the process
+            # may have exec'd in between).
+            fd = os.open("exe", os.O_RDONLY, dir_fd=dir_fd) if dir_fd is not None else \
+                os.open(exe, os.O_RDONLY)
+            try:
+                facts = (_sha256(fd), _getxattr(fd))
+                self._digests[_file_key(os.fstat(fd))] = facts
+            finally:
+                os.close(fd)
         return facts
 
     def executable(self, pid: int, dir_fd: int | None = None) -> dict | None:
@@ -326,8 +333,7 @@ class ProcReader:
         try:
             status, main = self._status.isolation(self._read("status", dfd))
             # One thread (the common case): no need to list task/.
-            tids = [pid] if status.get("Threads") == "1" else \
-                [int(t) for t in os.listdir(f"{self.root}/{pid}/task")]
+            tids = [pid] if status.get("Threads") == "1" else _tids(dfd)
         except (FileNotFoundError, ProcessLookupError) as exc:
             raise Vanished(pid) from exc
         threads = []
@@ -437,21 +443,33 @@ def _alive(dir_fd: int) -> bool:
     return True
 
 
+def _tids(dir_fd: int) -> list[int]:
+    """Thread ids of the process behind a /proc/PID directory fd."""
+    fd = os.open("task", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
+    try:
+        return [int(t) for t in os.listdir(fd)]
+    finally:
+        os.close(fd)
+
+
+def _file_key(info: os.stat_result) -> tuple:
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size, info.st_ctime_ns)
+
+
 def _int(value: str | None) -> int | None:
     return None if value is None else int(value)
 
 
-def _sha256(path: str) -> str:
+def _sha256(fd: int) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: os.read(fd, 1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
-def _getxattr(path: str) -> bytes | None:
+def _getxattr(fd: int) -> bytes | None:
     try:
-        return os.getxattr(path, CAP_XATTR)
+        return os.getxattr(fd, CAP_XATTR)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP):
             return None

@@ -278,15 +278,18 @@ def _restore_file(entry: dict) -> None:
 
 def _rollback(module: AnsibleModule, components: set, previous: list[dict],
               services: list[dict], ruleset: dict | None = None
-              ) -> tuple[list[str], list[str]]:
+              ) -> tuple[list[str], list[str], list[str]]:
     """Put the components' previous files back (and the network policy, shared by all of them,
-    when this run changed it); return (restored paths, units to restart)."""
+    when this run changed it); return (restored paths, units restarted, errors). An error on
+    the way (the previous policy does not load again) is reported, never a reason to leave
+    the stopped services down."""
     entries = [e for e in previous if e.get("component") in components]
     if ruleset:
         entries.append({"path": ruleset["path"], "content": ruleset["content"],
                         "mode": ruleset.get("mode", "0600"), "component": None})
     if not entries:
-        return [], []
+        return [], [], []
+    errors: list[str] = []
     units = [s["name"] for s in services if s.get("component") in components]
     sockets = sorted({e["unit"] for e in entries if (e.get("unit") or "").endswith(".socket")})
     new_units = [e["unit"] for e in entries if e.get("content") is None and e.get("unit")
@@ -307,15 +310,18 @@ def _rollback(module: AnsibleModule, components: set, previous: list[dict],
         # in one transaction, before the services come back under it.
         rc, _out, err = module.run_command(["systemctl", "restart", ruleset["unit"]])
         if rc != 0:
-            module.fail_json(msg=f"rollback of the network policy: {ruleset['unit']} did not "
-                                 f"load {ruleset['path']} again: {err.strip()}. Fix: check it "
-                                 f"with nft -c -f {ruleset['path']}", previous=entries)
+            # nft -f is one transaction: the table loaded now stays; the services still come
+            # back (under it) rather than stay stopped, and the play fails with this.
+            errors.append(f"rollback of the network policy: {ruleset['unit']} did not load "
+                          f"{ruleset['path']} again: {err.strip()}. Fix: check it with "
+                          f"nft -c -f {ruleset['path']}")
     restart = [u for u in [*sockets, *units] if u not in new_units]
     if restart:
         module.run_command(["systemctl", "reset-failed", *restart])
         for unit in restart:
             module.run_command(["systemctl", "start", unit])
-    return [e["path"] for e in entries], [u for u in restart if u.endswith(".service")]
+    return ([e["path"] for e in entries], [u for u in restart if u.endswith(".service")],
+            errors)
 
 
 def main():
@@ -388,12 +394,13 @@ def main():
 
     components = {by_name[n].get("component") for n in bad}
     restarted: list[str] = []
+    rollback_errors: list[str] = []
     if p["rollback"]:
         ruleset = p["previous_ruleset"] or None
         if ruleset and not all(ruleset.get(k) is not None for k in ("path", "content", "unit")):
             module.fail_json(msg="previous_ruleset needs path, content and unit")
-        result["rolled_back"], restarted = _rollback(module, components, p["previous"], services,
-                                                     ruleset)
+        result["rolled_back"], restarted, rollback_errors = _rollback(
+            module, components, p["previous"], services, ruleset)
         # A binary link moved back: the host's inventory must list the version that runs.
         for root in sorted({os.path.dirname(os.path.dirname(os.path.dirname(str(old))))
                             for label, old in p["previous_binaries"].items()
@@ -405,9 +412,14 @@ def main():
                 module.warn(f"{root}/inventory.json could not be read back after the rollback: "
                             f"{exc}; the next verified_binary run rewrites it")
         result["changed"] = bool(result["rolled_back"])
-    if restarted:
-        again = _watch(module, [by_name[n] for n in restarted], p["window"], p["probe_timeout"])
-        result["after_rollback"] = {n: again.get(n, "active") for n in restarted}
+    # The network policy is shared: after putting it back, every component is watched again,
+    # not only the restarted ones.
+    watch_again = (list(by_name) if p["rollback"] and p["previous_ruleset"] and restarted
+                   else restarted)
+    if watch_again:
+        again = _watch(module, [by_name[n] for n in watch_again], p["window"],
+                       p["probe_timeout"])
+        result["after_rollback"] = {n: again.get(n, "active") for n in watch_again}
     changed_components = {e.get("component") for e in p["previous"]}
     unchanged = sorted(n for n in bad if by_name[n].get("component") not in changed_components
                        and not p["previous_ruleset"])
@@ -417,6 +429,7 @@ def main():
         restored = ", ".join(result["rolled_back"])
         outcome.append(f"Rolled back to the previous good version ({restored}); "
                        f"after the rollback {states or 'no service to restart'}")
+    outcome.extend(rollback_errors)
     if unchanged:
         outcome.append(f"Not changed by this run, nothing to roll back to: {', '.join(unchanged)}")
     module.fail_json(msg=" | ".join(f["text"] for f in result["failures"])

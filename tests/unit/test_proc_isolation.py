@@ -62,10 +62,32 @@ def test_pid_gone_before_the_read_is_vanished():
 
 
 def test_live_proc_reads_this_process():
-    me = ProcReader().process(__import__("os").getpid())
-    assert me["exe"]["sha256"] and len(me["exe"]["sha256"]) == 64
-    assert me["uids"]["real"] == __import__("os").getuid()
+    import hashlib
+    import os
+    import threading
+
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        reader = ProcReader()
+        me = reader.process(os.getpid())
+    finally:
+        stop.set()
+        worker.join()
+    real = os.path.realpath(f"/proc/{os.getpid()}/exe")
+    with open(real, "rb") as handle:
+        assert me["exe"]["sha256"] == hashlib.sha256(handle.read()).hexdigest()
+    assert me["exe"]["path"] == real and me["exe"]["error"] is None
+    assert me["uids"]["real"] == os.getuid()
+    # task/ listed through the process's directory fd: the second thread is there, the main
+    # thread is the process itself.
+    assert worker.native_id in [t["tid"] for t in me["threads"]], me["threads"]
     assert me["pid"] not in [t["tid"] for t in me["threads"]], "threads: the other threads"
+    # The digest is cached under the identity of the file it hashed: a second read hits it.
+    assert len(reader._digests) == 1
+    assert reader.process(os.getpid())["exe"]["sha256"] == me["exe"]["sha256"]
+    assert len(reader._digests) == 1
 
 
 FILE_CAPS = [

@@ -136,7 +136,12 @@ def test_a_new_binary_that_fails_its_health_check_is_rolled_back(host, tmp_path)
             comp["artifacts"] = [{**good_artifact(), "version": "0.22.2-broken",
                                   "src": str(broken),
                                   "bundle": str(tmp_path / "cargo-audit.bundle")}]
-    rc, folded = site_with(host, tmp_path, model)
+    try:
+        rc, folded = site_with(host, tmp_path, model)
+    finally:
+        if host.run("readlink %s/current", BIN).stdout.strip() != before_link:
+            # Whatever failed above, the next tests start from the verified release.
+            site_with(host, tmp_path, copy.deepcopy(EXAMPLE["kernelfence_components"]))
     assert rc == 2, folded[-4000:]
     assert "kf-executor.service failed its health check: probe on" in folded, folded[-4000:]
     assert "answered without 'report'" in folded, folded[-4000:]
@@ -181,6 +186,10 @@ def test_a_new_network_policy_that_fails_a_health_check_is_rolled_back(host, tmp
         assert "EHOSTUNREACH" in folded, folded[-4000:]  # what nftables' reject gave the job
         assert f"this run changed the network policy ({POLICY})" in folded, folded[-4000:]
         assert f"Rolled back to the previous good version ({POLICY}" in folded, folded[-4000:]
+        # The policy is shared: every component is watched again after it is put back.
+        for service in ("kf-orchestrator.service", "kf-executor.service",
+                        "kf-model_backend.service"):
+            assert f"{service}: active" in folded, folded[-4000:]
         # The previous policy is back in the file and loaded, the executor reaches its mirror.
         assert host.file(POLICY).sha256sum == before_policy
         assert files_hash(host) == before_files
