@@ -98,6 +98,12 @@ def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dic
     return out
 
 
+def fleet_walls(scale: dict | None, batches: str = "one batch") -> dict[str, float]:
+    """Converge wall time per fleet size ("1", "2", ...) of one batching of bench/fleet_scale."""
+    return {str(row["hosts"]): row["wall_s"] for row in (scale or {}).get("rows", [])
+            if row["batches"] == batches}
+
+
 def _fmt(value: float | None, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:g}{unit}"
 
@@ -136,7 +142,20 @@ def markdown(result: dict) -> str:
         for t in rollout["first"]["slowest"]:
             lines.append(f"| {t['name']} | {t['action']} | {t['seconds']:.1f} |")
         lines.append("")
-    lines += ["## 3. Fleet scaling", "", result.get("fleet_note", "not measured"), ""]
+    lines += ["## 3. Fleet scaling", ""]
+    scale = result.get("fleet_scale")
+    if scale:
+        lines += [f"{scale['machine']}; forks {scale['forks']}; {scale['date']}.", "",
+                  "| hosts | batches | wall s | ratio to 1 host | module invocations | changed |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        for row in scale["rows"]:
+            one = fleet_walls(scale, row["batches"]).get("1")
+            ratio = round(row["wall_s"] / one, 2) if one else None
+            lines.append(f"| {row['hosts']} | {row['batches']} | {row['wall_s']:.1f} | "
+                         f"{_fmt(ratio)} | {row['module_invocations']} | {row['changed']} |")
+        lines.append("")
+    else:
+        lines += [result.get("fleet_note", "not measured"), ""]
     if result.get("scan"):
         lines += ["## 4. Verification: process scan vs `pscap -a` (controller host)", "",
                   "| processes | pscap -a median s | scan median s | ratio | python start-up "

@@ -6,13 +6,15 @@ Not a timed test and not part of `./kf test`.
 
 1. Workload overhead, inside a VM (`bench/workload.py`, copied into the guest): the executor's
    real `cargo audit` and /bin/true, bare, under the hardened unit, under bubblewrap alone and
-   under podman+runc (only when podman is in the guest: `--podman-debs DIR` installs the .debs
-   of DIR first; the lab image has no podman, see README.md "Benchmarks").
+   under podman+runc (the lab image has no podman: its .debs and their dependencies are fetched
+   on this machine against the image's dpkg status and installed in the bench VM only;
+   `--podman-debs DIR` uses a directory of .debs instead, `--no-podman` skips the mode).
 2. Rollout: boots a fresh VM (tools/kflab, instance `bench`), installs the demo components
    (demo/prepare.yml, not timed), then times site.yml twice (first converge, idempotent
    re-run) with the benchmark's own callback (bench/callback_plugins: per-task seconds and
    module invocations).
-3. Fleet scaling: not implemented (README.md gives the design).
+3. Fleet scaling: bench/fleet_scale.py, site.yml on 1, 2, 4 and 8 systemd-nspawn machines
+   booted on this machine from the lab image (one batch, and the site's default batches).
 4. Verification: bench/proc_scan.py with 1,000 and 10,000 processes (on this host).
 
 The VM is destroyed at the end unless --keep-vm. On a shared machine take the VM lock:
@@ -39,15 +41,12 @@ sys.path.insert(0, str(REPO))
 from bench import report  # noqa: E402
 from tools.kflab import setup, vm  # noqa: E402
 from tools.kflab.common import CACHE, log, run  # noqa: E402
+from tools.kflab.image import ensure_image  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 INSTANCE = "bench"
 GUEST_DIR = "/root/kfbench"
-FLEET_NOTE = (
-    "Not measured in this run. Design: one VM, N = 1, 2, 4, 8 systemd-nspawn machines (booted "
-    "from the guest's own rootfs with --boot, each with sshd on its own loopback port), one "
-    "inventory per N, `site.yml` timed from a clean state with the default forks, the goal being "
-    "wall(8) <= 2 x wall(1).")
+FLEET_NOTE = "Not measured: run without --skip-fleet (bench/fleet_scale.py)."
 
 
 def machine() -> str:
@@ -101,6 +100,28 @@ def ssh(info: dict, command: str, timeout: float = 3600) -> subprocess.Completed
     return run(vm.ssh_argv(info, command), timeout=timeout, capture=True)
 
 
+def fetch_podman_debs(distro: str) -> Path:
+    """podman, runc and what they need beyond the guest image, as .debs fetched on this
+    machine from the Debian mirror against the image's own dpkg status (the image stays
+    without them: they serve this benchmark only)."""
+    image = ensure_image(distro)
+    debs = CACHE / "bench" / f"podman-debs-{image.path.name}"
+    if any(debs.glob("podman_*.deb")):
+        return debs
+    (debs / "partial").mkdir(parents=True, exist_ok=True)
+    mnt = CACHE / "bench" / "image-mnt"
+    mnt.mkdir(parents=True, exist_ok=True)
+    run(["mount", "-o", "loop,ro", str(image.disk), str(mnt)])
+    try:
+        run(["apt-get", "-q", "-y", "--download-only", "--no-install-recommends",
+             "-o", f"Dir::State::status={mnt}/var/lib/dpkg/status",
+             "-o", f"Dir::Cache::archives={debs}", "-o", "Debug::NoLocking=1",
+             "install", "podman", "runc"], timeout=900)
+    finally:
+        run(["umount", str(mnt)], check=False)
+    return debs
+
+
 def vm_parts(args: argparse.Namespace, out: dict) -> None:
     info = vm.up(INSTANCE, args.distro)
     try:
@@ -120,8 +141,8 @@ def vm_parts(args: argparse.Namespace, out: dict) -> None:
             rollout[key] = summary
         out["rollout"] = rollout
         ssh(info, f"mkdir -p {GUEST_DIR}/debs")
-        if args.podman_debs:
-            debs = sorted(Path(args.podman_debs).glob("*.deb"))
+        if not args.no_podman:
+            debs = sorted(Path(args.podman_debs or fetch_podman_debs(args.distro)).glob("*.deb"))
             scp_to(info, debs, f"{GUEST_DIR}/debs/")
             log(f"bench: installing {len(debs)} podman .debs in the guest (bench only)")
             installed = run(vm.ssh_argv(info, f"dpkg -i {GUEST_DIR}/debs/*.deb"), timeout=1800,
@@ -140,6 +161,14 @@ def vm_parts(args: argparse.Namespace, out: dict) -> None:
     finally:
         if not args.keep_vm:
             vm.down(INSTANCE)
+
+
+def fleet_part(sizes: str) -> dict:
+    path = RESULTS / "fleet.json"
+    log(f"bench: fleet scaling, site.yml on {sizes} systemd-nspawn machines")
+    subprocess.run([sys.executable, str(REPO / "bench" / "fleet_scale.py"), "--sizes", sizes,
+                    "--out", str(path)], check=True, env=setup.tool_env())
+    return json.loads(path.read_text())
 
 
 def scan_part(sizes: list[int], runs: int) -> list[dict]:
@@ -162,8 +191,13 @@ def main() -> None:
     parser.add_argument("--scan-runs", type=int, default=7)
     parser.add_argument("--podman-debs", help="directory of .debs (podman, runc and their "
                         "dependencies missing from the guest image) to install in the guest")
+    parser.add_argument("--no-podman", action="store_true",
+                        help="measure without the podman mode (nothing fetched)")
     parser.add_argument("--skip-vm", action="store_true", help="keep the VM parts' last results")
     parser.add_argument("--skip-scan", action="store_true", help="keep the scan's last results")
+    parser.add_argument("--skip-fleet", action="store_true",
+                        help="keep the fleet scaling's last results")
+    parser.add_argument("--fleet-sizes", default="1,2,4,8")
     parser.add_argument("--report-only", action="store_true",
                         help="only re-render bench.md/bench.png from bench/results/bench.json")
     parser.add_argument("--keep-vm", action="store_true")
@@ -181,6 +215,8 @@ def main() -> None:
         if not args.skip_vm:
             vm_parts(args, out)
             out["workload"] = json.loads((RESULTS / "workload.json").read_text())
+        if not args.skip_fleet:
+            out["fleet_scale"] = fleet_part(args.fleet_sizes)
         if not args.skip_scan:
             out["scan"] = scan_part([1000, 10000], args.scan_runs)
         out["host_loadavg_end"] = loadavg()
@@ -195,7 +231,10 @@ def main() -> None:
                           for key, path in timings.items()}
     if out.get("workload"):
         out["workload_table"] = report.workload_table(out["workload"])
+    if not out.get("fleet_scale") and (RESULTS / "fleet.json").exists():
+        out["fleet_scale"] = json.loads((RESULTS / "fleet.json").read_text())
     out["fleet_note"] = FLEET_NOTE
+    out["fleet"] = report.fleet_walls(out.get("fleet_scale"))
     out["goals"] = report.goals(out.get("workload_table"), out.get("rollout"),
                                 out.get("scan", []), out.get("fleet"))
     previous.write_text(json.dumps(out, indent=1) + "\n")

@@ -180,3 +180,23 @@ def test_hardened_bench_unit_keeps_every_executor_directive_and_runs_the_job():
     assert "kf-launch.py" in exec_start[0] and "/usr/bin/bwrap" in exec_start[0]
     assert exec_start[0].endswith(" ".join(workload.JOBS["cargo-audit"]))
     assert "Type=oneshot" in unit and "Restart=on-failure" not in unit
+
+
+def test_fleet_scaling_rows_become_walls_a_table_and_the_eight_host_goal():
+    scale = json.loads((FIXTURES / "fleet.json").read_text())  # bench/fleet_scale.py output
+    walls = report.fleet_walls(scale)
+    one = [r for r in scale["rows"] if r["batches"] == "one batch"]
+    assert walls == {str(r["hosts"]): r["wall_s"] for r in one} and walls
+    text = report.markdown({"date": "d", "machine": "m", "fleet_scale": scale,
+                            "goals": report.goals(None, None, [], walls)})
+    for row in scale["rows"]:
+        assert f"| {row['hosts']} | {row['batches']} | {row['wall_s']:.1f} |" in text
+    assert "| 1 | one batch | " + f"{walls['1']:.1f} | 1 |" in text  # its own reference
+    goal = {g["goal"]: g for g in report.goals(None, None, [], walls)}[
+        "8 hosts / 1 host converge"]
+    if "8" in walls:
+        assert goal["measured"] == round(walls["8"] / walls["1"], 3)
+    else:
+        assert goal["met"] is None
+    # Another batching is compared with its own one-host run, never the one-batch one.
+    assert report.fleet_walls(scale, "no such batching") == {}
