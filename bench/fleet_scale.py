@@ -10,7 +10,8 @@ isolation (the VM scenarios prove that).
 
 Per size: boot the machines, `demo/prepare.yml` (not timed), then `site.yml` timed, with the
 default forks and one batch (`kernelfence_serial: ['100%']`) so the figure is the fan-out, and
-with the site's default batches ([1, '25%']) too unless --skip-batched. The host baseline's
+with the site's default batches ([1, '25%']) too unless --skip-batched; the one-batch run is
+timed again right after (the idempotent re-run, changed=0 expected). The host baseline's
 sysctl switches are off: a container's /proc/sys is read-only (the VM scenarios test them).
 
 Run as root from the checkout: `python3 bench/fleet_scale.py [--sizes 1,2,4,8]`; it writes
@@ -164,7 +165,17 @@ def measure(size: int, lower: Path, serial: list, label: str) -> dict:
         timing = WORK / f"timing-{size}-{label}.json"
         wall = playbook(inv, "site.yml", extra, timing)
         summary = report.rollout_summary(json.loads(timing.read_text()))
-        return {"hosts": size, "batches": label, "serial": serial, "wall_s": round(wall, 1),
+        rerun = {}
+        if serial == ["100%"]:
+            log(f"fleet bench: {size} host(s), {label}: site.yml again (idempotent), timed")
+            again = WORK / f"timing-{size}-rerun.json"
+            rerun_wall = playbook(inv, "site.yml", extra, again)
+            rerun_summary = report.rollout_summary(json.loads(again.read_text()))
+            rerun = {"rerun_wall_s": round(rerun_wall, 1),
+                     "rerun_changed": rerun_summary.get("changed"),
+                     "rerun_module_invocations": rerun_summary.get("invocations")}
+        return {**rerun, "hosts": size, "batches": label, "serial": serial,
+                "wall_s": round(wall, 1),
                 "callback_wall_s": summary.get("wall_s"), "tasks": summary.get("tasks"),
                 "module_invocations": summary.get("invocations"),
                 "changed": summary.get("changed"), "boot_s": round(boot_s, 1),
