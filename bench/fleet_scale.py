@@ -182,7 +182,17 @@ def measure(size: int, lower: Path, serial: list, label: str) -> dict:
                 "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
     finally:
         for m in machines:
-            m.destroy()
+            try:
+                m.destroy()
+            except (OSError, HarnessError) as exc:
+                log(f"fleet bench: {m.name} not fully destroyed: {exc}")
+
+
+def _terminated(*_args) -> None:
+    # Unwind like an exception so the machines are destroyed; a second SIGTERM (timeout(1)
+    # forwards its own) must not interrupt that clean-up.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit("fleet bench: terminated")
 
 
 def main() -> None:
@@ -196,7 +206,7 @@ def main() -> None:
         sys.exit("run as root (loop mount, overlays, network namespaces, systemd-nspawn)")
     if not shutil.which("systemd-nspawn"):
         sys.exit("systemd-nspawn is missing: apt-get install systemd-container")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("fleet bench: terminated"))
+    signal.signal(signal.SIGTERM, _terminated)
     image = ensure_image("debian12")
     WORK.mkdir(parents=True, exist_ok=True)
     lower = WORK / "lower"

@@ -55,7 +55,12 @@ options:
     type: dict
     default: {}
   window:
-    description: Seconds the restart counters must stay still.
+    description:
+      - Seconds the restart counters must stay still.
+      - With O(since), only when a service (re)started at or after O(since) (this run's
+        start, a handler's restart, or systemd restarting a crashing service); when none did,
+        one look at the states is enough (nothing of this run can be settling), and the
+        probes still run.
     type: int
     default: 12
   probe_timeout:
@@ -117,6 +122,10 @@ failures:
   returned: always
   type: list
   elements: dict
+window:
+  description: Seconds the services were watched (0 when none of them started in this run).
+  returned: always
+  type: int
 rolled_back:
   description: Files put back to their previous version (or removed when new in this run).
   returned: always
@@ -144,7 +153,8 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_ins
     refresh_inventory,
 )
 
-SHOW_PROPS = "Id,NRestarts,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus"
+SHOW_PROPS = ("Id,NRestarts,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus,"
+              "ExecMainStartTimestampMonotonic")
 
 
 def _services(module: AnsibleModule, units: list[dict], components: list[dict],
@@ -181,6 +191,26 @@ def _show(module: AnsibleModule, names: list[str]) -> dict[str, dict[str, str]]:
         module.fail_json(msg=f"systemctl show failed: {err.strip()}")
     blocks = [parse_show(b) for b in out.strip().split("\n\n")]
     return dict(zip(names, blocks, strict=False))
+
+
+def _started_since(shows: dict[str, dict[str, str]], since: float,
+                   now_real: float, now_mono: float) -> list[str]:
+    """Services whose main process started at or after `since` (seconds since the epoch).
+
+    systemd stamps starts on CLOCK_MONOTONIC (microseconds), as time.monotonic() reads it; the
+    epoch time is carried over by the distance from now. A service that never ran (stamp 0) or
+    is not active counts as started: the window then judges it.
+    """
+    since_mono_us = (now_mono - (now_real - since)) * 1e6
+    fresh = []
+    for name, show in shows.items():
+        try:
+            stamp = int(show.get("ExecMainStartTimestampMonotonic") or 0)
+        except ValueError:
+            stamp = 0
+        if stamp == 0 or stamp >= since_mono_us - 1e6 or show.get("ActiveState") != "active":
+            fresh.append(name)
+    return fresh
 
 
 def _state_failures(before: dict, after: dict) -> dict[str, str]:
@@ -347,12 +377,17 @@ def main():
          "link": os.path.basename(str(old)), "component": label.split("/")[0], "unit": None}
         for label, old in sorted(p["previous_binaries"].items())]
     result = {"changed": False, "healthy": [], "failures": [], "rolled_back": [],
-              "after_rollback": {}}
+              "after_rollback": {}, "window": p["window"]}
     if module.check_mode or not services:
         result["healthy"] = [s["name"] for s in services]
         module.exit_json(**result)
     since = p["since"] if p["since"] is not None else time.time() - 120
-    bad = _watch(module, services, p["window"], p["probe_timeout"])
+    window = p["window"]
+    if p["since"] is not None and not _started_since(
+            _show(module, [s["name"] for s in services]), since, time.time(), time.monotonic()):
+        window = 0  # nothing (re)started in this run: one look, no settling to wait for
+    result["window"] = window
+    bad = _watch(module, services, window, p["probe_timeout"])
     result["healthy"] = [s["name"] for s in services if s["name"] not in bad]
     if not bad:
         module.exit_json(**result)

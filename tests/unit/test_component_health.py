@@ -132,3 +132,31 @@ def test_a_ruleset_that_does_not_load_again_is_reported_and_the_services_still_s
     # The stopped service is not left down because the old policy failed to load.
     assert ["systemctl", "start", "kf-executor.service"] in module.calls
     assert restored == [str(policy)] and restarted == ["kf-executor.service"]
+
+
+def _recorded_starts():
+    """`systemctl show` of three services and the host's clocks read just before it, recorded
+    in a Debian 12 (systemd 252) systemd-nspawn machine of bench/fleet_scale.py after site.yml."""
+    head, body = (FIX.parent / "debian12" / "started.show").read_text().split("\n", 1)
+    real, mono = (float(v) for v in head.split())
+    shows = {b["Id"]: b for b in (parse_show(x) for x in body.strip().split("\n\n"))}
+    return shows, real, mono
+
+
+def test_a_service_that_started_in_this_run_gets_the_window_one_that_did_not_is_looked_at_once():
+    shows, real, mono = _recorded_starts()
+    everyone = sorted(shows)
+    # Started about 23-25 s before the recording.
+    assert sorted(ch._started_since(shows, real - 30, real, mono)) == everyone
+    assert ch._started_since(shows, real - 20, real, mono) == []
+    # kf-executor started 24.77 s before, the model backend 24.71 s, advisory-sync 23.40 s: a
+    # run that began 23.75 s before (one second of slack) started the last two, not the first.
+    assert sorted(ch._started_since(shows, real - 23.75, real, mono)) == [
+        "agent-advisory-sync.service", "kf-model_backend.service"]
+
+
+def test_a_service_that_is_down_or_never_ran_always_gets_the_window():
+    shows, real, mono = _recorded_starts()
+    down = {**shows["kf-executor.service"], "ActiveState": "activating"}
+    never = {**shows["kf-model_backend.service"], "ExecMainStartTimestampMonotonic": "0"}
+    assert ch._started_since({"a": down, "b": never}, real - 20, real, mono) == ["a", "b"]
