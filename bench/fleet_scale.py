@@ -21,6 +21,7 @@ bench/results/fleet.json, which `bench/run.py` merges into bench.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -55,7 +56,7 @@ class Machine:
         self.dir = WORK / self.name
         self.root = self.dir / "root"
         self.address = f"10.251.{index}.2"
-        self.pid: int | None = None
+        self.proc: subprocess.Popen | None = None
 
     def boot(self) -> None:
         self.destroy()
@@ -88,7 +89,7 @@ class Machine:
             # machines get a cgroup2-only hierarchy, as the targets have.
             env={**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"})
         console.close()
-        self.pid = proc.pid
+        self.proc = proc
 
     def wait_ssh(self, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -111,18 +112,18 @@ class Machine:
                 "kernelfence_release_dir": str(setup.RELEASE)}
 
     def destroy(self) -> None:
-        pids = [int(p) for p in subprocess.run(
-            ["pgrep", "-f", f"systemd-nspawn .* -M {self.name} "], capture_output=True,
-            text=True, check=False).stdout.split()]
-        for pid in pids:
-            os.kill(pid, signal.SIGTERM)  # nspawn halts the machine's systemd cleanly
-        for pid in pids:
-            for _ in range(60):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.5)
-            else:
-                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.terminate()  # nspawn halts the machine's systemd cleanly
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+            self.proc = None
+        # A machine of an earlier, interrupted run (the lock below keeps runs apart).
+        for pid in subprocess.run(["pgrep", "-f", f"systemd-nspawn .* -M {self.name} "],
+                                  capture_output=True, text=True, check=False).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)
         if self.root.is_mount():
             run(["umount", "-l", str(self.root)], check=False)
         run(["ip", "link", "del", f"kfbh{self.index}"], check=False, capture=True)
@@ -132,6 +133,9 @@ class Machine:
 
 def playbook(inv: Path, book: str, extra: Path, timing: Path | None) -> float:
     env = setup.tool_env()
+    # Every measurement boots machines on the same addresses: no SSH master of an earlier
+    # machine (the directory is the measurement's own, see measure()).
+    env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(extra.parent / "cp")
     if timing is not None:
         env["ANSIBLE_CALLBACK_PLUGINS"] = str(REPO / "bench" / "callback_plugins")
         env["ANSIBLE_CALLBACKS_ENABLED"] = "kf_bench_timing"
@@ -157,18 +161,23 @@ def measure(size: int, lower: Path, serial: list, label: str) -> dict:
         group_vars = WORK / "group_vars"
         if not group_vars.is_symlink():
             group_vars.symlink_to(REPO / "inventory" / "example" / "group_vars")
-        extra = WORK / "extra.json"
+        run_dir = WORK / f"run-{size}-{serial[0]}".replace("%", "pct")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir()
+        extra = run_dir / "extra.json"
         extra.write_text(json.dumps({**BASELINE_OFF, "kernelfence_serial": serial}))
         log(f"fleet bench: {size} host(s), {label}: demo/prepare.yml (not timed)")
         playbook(inv, "demo/prepare.yml", extra, None)
         log(f"fleet bench: {size} host(s), {label}: site.yml, timed")
         timing = WORK / f"timing-{size}-{label}.json"
+        timing.unlink(missing_ok=True)
         wall = playbook(inv, "site.yml", extra, timing)
         summary = report.rollout_summary(json.loads(timing.read_text()))
         rerun = {}
         if serial == ["100%"]:
             log(f"fleet bench: {size} host(s), {label}: site.yml again (idempotent), timed")
             again = WORK / f"timing-{size}-rerun.json"
+            again.unlink(missing_ok=True)
             rerun_wall = playbook(inv, "site.yml", extra, again)
             rerun_summary = report.rollout_summary(json.loads(again.read_text()))
             rerun = {"rerun_wall_s": round(rerun_wall, 1),
@@ -181,11 +190,13 @@ def measure(size: int, lower: Path, serial: list, label: str) -> dict:
                 "changed": summary.get("changed"), "boot_s": round(boot_s, 1),
                 "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up is not interrupted
         for m in machines:
             try:
                 m.destroy()
-            except (OSError, HarnessError) as exc:
+            except (OSError, HarnessError, subprocess.SubprocessError) as exc:
                 log(f"fleet bench: {m.name} not fully destroyed: {exc}")
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def _terminated(*_args) -> None:
@@ -209,6 +220,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     image = ensure_image("debian12")
     WORK.mkdir(parents=True, exist_ok=True)
+    lock = open(WORK / ".lock", "w")  # noqa: SIM115 (held until the process exits)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"fleet bench: another run holds {WORK}/.lock")
     lower = WORK / "lower"
     lower.mkdir(exist_ok=True)
     if not lower.is_mount():

@@ -57,10 +57,9 @@ options:
   window:
     description:
       - Seconds the restart counters must stay still.
-      - With O(since), only when a service (re)started at or after O(since) (this run's
-        start, a handler's restart, or systemd restarting a crashing service); when none did,
-        one look at the states is enough (nothing of this run can be settling), and the
-        probes still run.
+      - With O(since), skipped (one look at the states, the probes still run) only when this
+        run changed nothing (O(previous), O(previous_binaries) and O(previous_ruleset) empty)
+        and no service's main process started at or after O(since): an idempotent re-run.
     type: int
     default: 12
   probe_timeout:
@@ -213,6 +212,17 @@ def _started_since(shows: dict[str, dict[str, str]], since: float,
     return fresh
 
 
+def _window_seconds(window: int, changed: bool, shows: dict[str, dict[str, str]],
+                    since: float, now_real: float, now_mono: float) -> int:
+    """The window is skipped only for a run that changed nothing (no file, binary or policy)
+    and started nothing: an idempotent re-run. A change that restarted a service before
+    `since` (a handler flushed earlier in the play) or restarted none (a policy change)
+    still gets the whole window."""
+    if changed or _started_since(shows, since, now_real, now_mono):
+        return window
+    return 0
+
+
 def _state_failures(before: dict, after: dict) -> dict[str, str]:
     bad = {}
     for name, now in after.items():
@@ -311,8 +321,8 @@ def _rollback(module: AnsibleModule, components: set, previous: list[dict],
               ) -> tuple[list[str], list[str], list[str]]:
     """Put the components' previous files back (and the network policy, shared by all of them,
     when this run changed it); return (restored paths, units restarted, errors). An error on
-    the way (the previous policy does not load again) is reported, never a reason to leave
-    the stopped services down."""
+    the way (a file that cannot be written back, the previous policy not loading again) is
+    reported, never a reason to leave the stopped services down."""
     entries = [e for e in previous if e.get("component") in components]
     if ruleset:
         entries.append({"path": ruleset["path"], "content": ruleset["content"],
@@ -328,14 +338,16 @@ def _rollback(module: AnsibleModule, components: set, previous: list[dict],
     if new_units:
         module.run_command(["systemctl", "disable", "--now", *new_units])
     module.run_command(["systemctl", "stop", *units, *sockets])
+    restored = []
     for entry in entries:
         try:
             _restore_file(entry)
+            restored.append(entry["path"])
         except OSError as exc:
-            module.fail_json(msg=f"rollback of {entry['path']} failed: {exc}. Fix: restore it "
-                                 "by hand from the play's previous output", previous=entries)
+            errors.append(f"rollback of {entry['path']} failed: {exc}. Fix: restore it by hand "
+                          "from the play's previous output")
     module.run_command(["systemctl", "daemon-reload"])
-    if ruleset:
+    if ruleset and ruleset["path"] in restored:
         # The previous ruleset was loaded before this run: loading it again replaces our table
         # in one transaction, before the services come back under it.
         rc, _out, err = module.run_command(["systemctl", "restart", ruleset["unit"]])
@@ -343,15 +355,15 @@ def _rollback(module: AnsibleModule, components: set, previous: list[dict],
             # nft -f is one transaction: the table loaded now stays; the services still come
             # back (under it) rather than stay stopped, and the play fails with this.
             errors.append(f"rollback of the network policy: {ruleset['unit']} did not load "
-                          f"{ruleset['path']} again: {err.strip()}. Fix: check it with "
-                          f"nft -c -f {ruleset['path']}")
+                          f"{ruleset['path']} again (the file is back, this run's table stays "
+                          f"loaded): {err.strip()}. Fix: check it with nft -c -f "
+                          f"{ruleset['path']}")
     restart = [u for u in [*sockets, *units] if u not in new_units]
     if restart:
         module.run_command(["systemctl", "reset-failed", *restart])
         for unit in restart:
             module.run_command(["systemctl", "start", unit])
-    return ([e["path"] for e in entries], [u for u in restart if u.endswith(".service")],
-            errors)
+    return restored, [u for u in restart if u.endswith(".service")], errors
 
 
 def main():
@@ -383,9 +395,10 @@ def main():
         module.exit_json(**result)
     since = p["since"] if p["since"] is not None else time.time() - 120
     window = p["window"]
-    if p["since"] is not None and not _started_since(
-            _show(module, [s["name"] for s in services]), since, time.time(), time.monotonic()):
-        window = 0  # nothing (re)started in this run: one look, no settling to wait for
+    if p["since"] is not None:
+        window = _window_seconds(window, bool(p["previous"] or p["previous_ruleset"]),
+                                 _show(module, [s["name"] for s in services]), since,
+                                 time.time(), time.monotonic())
     result["window"] = window
     bad = _watch(module, services, window, p["probe_timeout"])
     result["healthy"] = [s["name"] for s in services if s["name"] not in bad]

@@ -160,3 +160,25 @@ def test_a_service_that_is_down_or_never_ran_always_gets_the_window():
     down = {**shows["kf-executor.service"], "ActiveState": "activating"}
     never = {**shows["kf-model_backend.service"], "ExecMainStartTimestampMonotonic": "0"}
     assert ch._started_since({"a": down, "b": never}, real - 20, real, mono) == ["a", "b"]
+
+
+def test_only_a_run_that_changed_and_started_nothing_skips_the_window():
+    shows, real, mono = _recorded_starts()
+    assert ch._window_seconds(12, False, shows, real - 20, real, mono) == 0  # idempotent re-run
+    # A change whose restart came before `since` (a handler flushed earlier in the play), or
+    # that restarted nothing (a policy change): the whole window.
+    assert ch._window_seconds(12, True, shows, real - 20, real, mono) == 12
+    assert ch._window_seconds(12, False, shows, real - 30, real, mono) == 12  # started in the run
+
+
+def test_a_file_that_cannot_be_put_back_is_reported_and_the_services_still_start(tmp_path):
+    module = _Recorder()
+    gone = tmp_path / "no-such-dir" / "kf-executor.service"
+    restored, restarted, errors = ch._rollback(
+        module, {"executor"},
+        [{"path": str(gone), "content": "[Service]\n", "component": "executor",
+          "unit": "kf-executor.service", "uid": os.getuid(), "gid": os.getgid()}],
+        [{"name": "kf-executor.service", "component": "executor"}])
+    assert restored == [] and len(errors) == 1 and f"rollback of {gone} failed" in errors[0]
+    assert ["systemctl", "start", "kf-executor.service"] in module.calls
+    assert restarted == ["kf-executor.service"]
