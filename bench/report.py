@@ -71,7 +71,6 @@ def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dic
     """The issue's five goals, each as measured/limit/met (met None: not measured)."""
     out = []
     trivial = (table or {}).get("trivial", {})
-    audit = (table or {}).get("cargo-audit", {})
     act = None
     if {"bare", "hardened", "podman"} <= trivial.keys():
         bare = trivial["bare"]["median"]
@@ -80,11 +79,17 @@ def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dic
             act = (trivial["hardened"]["median"] - bare) / podman_start
     out.append(_goal("hardened activation / podman container start", act, 0.10,
                      "(hardened - bare) / (podman - bare), medians of the trivial job"))
-    over = None
-    if {"bare", "hardened"} <= audit.keys() and audit["bare"]["median"] >= 1.0:
-        over = audit["hardened"]["median"] / audit["bare"]["median"] - 1
+    over, judged = None, "cargo audit"
+    # The goal is for a job of one second or longer: cargo audit when it takes that long bare,
+    # else the CPU-bound job sized to about 1.5 s.
+    for name in ("cargo-audit", "cpu-1s"):
+        rows = (table or {}).get(name, {})
+        if {"bare", "hardened"} <= rows.keys() and rows["bare"]["median"] >= 1.0:
+            over = rows["hardened"]["median"] / rows["bare"]["median"] - 1
+            judged = name
+            break
     out.append(_goal("hardened job overhead over bare (job >= 1 s)", over, 0.10,
-                     "hardened / bare - 1, medians of cargo audit"))
+                     f"hardened / bare - 1, medians of {judged}"))
     rerun = None
     if rollout and rollout.get("first") and rollout.get("rerun"):
         rerun = rollout["rerun"]["wall_s"] / rollout["first"]["wall_s"]

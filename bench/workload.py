@@ -4,8 +4,9 @@
 `python3 workload.py --out workload.json [--runs-trivial 15] [--runs-audit 7]`. Not a timed test.
 Stdlib only (the guest has no venv); bench/run.py copies it with attack_plan.py next to it.
 
-Two jobs (a trivial /bin/true and the executor's real `cargo audit`, argv as in
-demo/components/executor.py) are started, interleaved round by round with the mode order rotated,
+Three jobs (a trivial /bin/true, the executor's real `cargo audit`, argv as in
+demo/components/executor.py, and a CPU-bound job sized to about 1.5 s bare) are started,
+interleaved round by round with the mode order rotated,
 in each confinement:
 - bare: the job as the executor's user (setpriv: uid, gid and groups only), no sandbox;
 - hardened: a runtime unit with the executor unit's own directives (`systemctl cat`, made into a
@@ -37,10 +38,16 @@ from attack_plan import sibling_unit
 
 CARGO_AUDIT = "/opt/kernelfence/bin/executor/cargo-audit/current/cargo-audit"
 WORKSPACE = "/srv/kernelfence/executor"
+# A CPU-bound job of at least a second (bare), for the issue's "job of one second or longer"
+# goal when cargo audit on the fixture takes less: sha256 of N MiB of zeros, N calibrated.
+CPU_JOB = ["/usr/bin/python3", "-c", "import hashlib, sys; h = hashlib.sha256(); "
+           "b = bytes(1 << 20); [h.update(b) for _ in range(int(sys.argv[1]))]; "
+           "print(h.hexdigest())"]
 JOBS = {
     "trivial": ["/bin/true"],
     "cargo-audit": [CARGO_AUDIT, "audit", "--db", f"{WORKSPACE}/advisory-db", "--no-fetch",
                     "--json", "--file", f"{WORKSPACE}/Cargo.lock"],
+    "cpu-1s": [*CPU_JOB, "64"],
 }
 RECORD = {"name": "executor", "user": "kf-executor", "group": "kf-executor",
           "command": "/usr/bin/python3 /opt/kernelfence/demo/executor.py"}
@@ -58,6 +65,12 @@ def sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
 
 def unit_name(job: str) -> str:
     return f"kf-bench-{job}.service"
+
+
+def calibrate_cpu_job(target_s: float = 1.5) -> None:
+    """Size the CPU job so that it takes about target_s bare on this machine."""
+    best = min(run_direct(as_user([*CPU_JOB, "64"]))["s"] for _ in range(3))
+    JOBS["cpu-1s"] = [*CPU_JOB, str(max(64, int(64 * target_s / max(best, 1e-3)) + 1))]
 
 
 def install_units() -> None:
@@ -171,6 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root inside the VM")
+    calibrate_cpu_job()
     install_units()
     try:
         unprivileged = sh(bwrap_argv(["/bin/true"], True), env=ENV).returncode == 0
@@ -191,16 +205,22 @@ def main() -> None:
                 modes[mode](job)
         rounds = max(args.runs_trivial, args.runs_audit)
         for r in range(rounds):
-            for job, runs in (("trivial", args.runs_trivial), ("cargo-audit", args.runs_audit)):
+            for job, runs in (("trivial", args.runs_trivial), ("cargo-audit", args.runs_audit),
+                              ("cpu-1s", args.runs_audit)):
                 if r >= runs:
                     continue
                 order = names[r % len(names):] + names[: r % len(names)]
                 for mode in order:
                     res = modes[mode](job)
-                    key = res["rc"] if job == "trivial" else (res["rc"],
-                                                             vulnerabilities(res["stdout"]))
+                    if job == "trivial":
+                        key = res["rc"]
+                    elif job == "cpu-1s":
+                        key = (res["rc"], res["stdout"].strip())
+                    else:
+                        key = (res["rc"], vulnerabilities(res["stdout"]))
                     checks[job][mode].add(str(key))
                     if (job == "trivial" and res["rc"] != 0) or (
+                            job == "cpu-1s" and len(res["stdout"].strip()) != 64) or (
                             job == "cargo-audit" and vulnerabilities(res["stdout"]) is None):
                         errors.append(f"{job}/{mode}: rc {res['rc']} {res['stderr']!r}")
                         continue
