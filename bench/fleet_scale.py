@@ -21,6 +21,7 @@ bench/results/fleet.json, which `bench/run.py` merges into bench.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -206,6 +207,34 @@ def _terminated(*_args) -> None:
     sys.exit("fleet bench: terminated")
 
 
+@contextlib.contextmanager
+def locked():
+    """One nspawn benchmark at a time: the machines' names and addresses are fixed."""
+    if not shutil.which("systemd-nspawn"):
+        sys.exit("systemd-nspawn is missing: apt-get install systemd-container")
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            sys.exit(f"nspawn bench: another run holds {WORK}/.lock")
+        yield
+
+
+@contextlib.contextmanager
+def mounted_image():
+    """The lab's Debian 12 image, mounted read-only: the lower layer of every machine."""
+    image = ensure_image("debian12")
+    lower = WORK / "lower"
+    lower.mkdir(exist_ok=True)
+    if not lower.is_mount():
+        run(["mount", "-o", "loop,ro", str(image.disk), str(lower)])
+    try:
+        yield lower
+    finally:
+        run(["umount", str(lower)], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,2,4,8")
@@ -215,28 +244,13 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (loop mount, overlays, network namespaces, systemd-nspawn)")
-    if not shutil.which("systemd-nspawn"):
-        sys.exit("systemd-nspawn is missing: apt-get install systemd-container")
     signal.signal(signal.SIGTERM, _terminated)
-    image = ensure_image("debian12")
-    WORK.mkdir(parents=True, exist_ok=True)
-    lock = open(WORK / ".lock", "w")  # noqa: SIM115 (held until the process exits)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        sys.exit(f"fleet bench: another run holds {WORK}/.lock")
-    lower = WORK / "lower"
-    lower.mkdir(exist_ok=True)
-    if not lower.is_mount():
-        run(["mount", "-o", "loop,ro", str(image.disk), str(lower)])
     rows = []
-    try:
+    with locked(), mounted_image() as lower:
         for size in [int(s) for s in args.sizes.split(",")]:
             rows.append(measure(size, lower, ["100%"], "one batch"))
             if not args.skip_batched:
                 rows.append(measure(size, lower, [1, "25%"], "default [1, 25%]"))
-    finally:
-        run(["umount", str(lower)], check=False)
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": f"{os.cpu_count()} cores, systemd-nspawn machines from the Debian 12 "
                       "lab image (systemd 252), sharing this machine's kernel",
