@@ -51,8 +51,8 @@ BASELINE_OFF = {f"host_baseline_{name}": False for name in (
 
 
 class Machine:
-    def __init__(self, index: int, lower: Path) -> None:
-        self.index, self.lower = index, lower
+    def __init__(self, index: int, lower: Path, nspawn_args: tuple[str, ...] = ()) -> None:
+        self.index, self.lower, self.nspawn_args = index, lower, nspawn_args
         self.name = f"kfb{index}"
         self.dir = WORK / self.name
         self.root = self.dir / "root"
@@ -83,7 +83,7 @@ class Machine:
         proc = subprocess.Popen(
             ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--console=passive",
              "-D", str(self.root), "-M", self.name, "--capability=CAP_NET_ADMIN",
-             f"--network-namespace-path=/run/netns/{self.name}"],
+             f"--network-namespace-path=/run/netns/{self.name}", *self.nspawn_args],
             stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
             start_new_session=True,
             # This machine mounts cgroups hybrid (v1 controllers, v2 at .../unified): the

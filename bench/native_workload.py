@@ -53,7 +53,10 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminated)
     debs = fetch_podman_debs("debian12")
     with locked(), mounted_image() as lower:
-        machine = Machine(1, lower)
+        # podman's overlay storage cannot sit on the machine's own overlay root: a tmpfs.
+        # runc makes a session keyring per container: nspawn's own filter denies @keyring.
+        machine = Machine(1, lower, ("--tmpfs=/var/lib/containers:mode=0700",
+                                     "--system-call-filter=@keyring"))
         try:
             machine.boot()
             machine.wait_ssh(time.monotonic() + 180)

@@ -81,8 +81,8 @@ def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dic
                      "(hardened - bare) / (podman - bare), medians of the trivial job"))
     over, judged = None, "cargo audit"
     # The goal is for a job of one second or longer: cargo audit when it takes that long bare,
-    # else the CPU-bound job sized to about 1.5 s.
-    for name in ("cargo-audit", "cpu-1s"):
+    # else the dd job sized to about 1.5 s.
+    for name in ("cargo-audit", "dd-1s"):
         rows = (table or {}).get(name, {})
         if {"bare", "hardened"} <= rows.keys() and rows["bare"]["median"] >= 1.0:
             over = rows["hardened"]["median"] / rows["bare"]["median"] - 1
