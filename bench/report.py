@@ -117,13 +117,21 @@ def markdown(result: dict) -> str:
     """The results as one markdown document (tables only; prose lives in README.md)."""
     lines = [f"# kernelfence benchmark results ({result['date']})", "",
              f"Machine: {result['machine']}", ""]
-    table = result.get("workload_table")
-    if table:
-        wl = result["workload"]
-        lines += ["## 1. Workload overhead (start to exit, seconds, inside the VM)", "",
-                  f"Guest: kernel {wl['kernel']}, systemd {wl['systemd']}, {wl['cpus']} vCPUs; "
-                  f"bubblewrap as {wl['bwrap_as']}; podman: "
-                  f"{wl['podman'] or 'not measured (' + str(wl['podman_missing']) + ')'}.", "",
+    for key, wl_key, title in (
+            ("workload_table", "workload", "inside the TCG VM"),
+            ("workload_native_table", "workload_native",
+             "in a systemd-nspawn machine, no emulation")):
+        table = result.get(key)
+        if not table:
+            continue
+        wl = result[wl_key]
+        podman = wl["podman"] or f"not measured ({wl['podman_missing']})"
+        failed = [e for e in wl.get("errors", []) if "/podman:" in e]
+        if wl["podman"] and failed and not any("podman" in rows for rows in table.values()):
+            podman += f", every run failed: {failed[0][:300]}"
+        lines += [f"## 1. Workload overhead (start to exit, seconds, {title})", "",
+                  f"Kernel {wl['kernel']}, systemd {wl['systemd']}, {wl['cpus']} CPUs; "
+                  f"bubblewrap as {wl['bwrap_as']}; podman: {podman}.", "",
                   "| job | mode | n | median | IQR | min | max | ratio to bare |",
                   "|---|---|---:|---:|---:|---:|---:|---:|"]
         for job, rows in table.items():
@@ -172,11 +180,17 @@ def markdown(result: dict) -> str:
                          f"{_fmt(s.get('startup_median_s'))} | "
                          f"{_fmt(s.get('ratio_without_startup'))} |")
         lines.append("")
-    lines += ["## Goals", "", "| goal | limit | measured | met | how |", "|---|---:|---:|---|---|"]
-    for g in result["goals"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
-        lines.append(f"| {g['goal']} | {g['limit']} | {_fmt(g['measured'])} | {met} | "
-                     f"{g['how']} |")
+    for key, title in (("goals", "Goals (workload in the TCG VM)"),
+                       ("goals_native", "Goals (workload in the nspawn machine, no emulation)")):
+        if not result.get(key):
+            continue
+        lines += [f"## {title}", "", "| goal | limit | measured | met | how |",
+                  "|---|---:|---:|---|---|"]
+        for g in result[key]:
+            met = {True: "yes", False: "**no**", None: "not measured"}[g["met"]]
+            lines.append(f"| {g['goal']} | {g['limit']} | {_fmt(g['measured'])} | {met} | "
+                         f"{g['how']} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

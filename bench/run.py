@@ -231,12 +231,19 @@ def main() -> None:
                           for key, path in timings.items()}
     if out.get("workload"):
         out["workload_table"] = report.workload_table(out["workload"])
+    native = RESULTS / "workload_native.json"
+    if native.exists():  # bench/native_workload.py
+        out["workload_native"] = json.loads(native.read_text())
+        out["workload_native_table"] = report.workload_table(out["workload_native"])
     if not out.get("fleet_scale") and (RESULTS / "fleet.json").exists():
         out["fleet_scale"] = json.loads((RESULTS / "fleet.json").read_text())
     out["fleet_note"] = FLEET_NOTE
     out["fleet"] = report.fleet_walls(out.get("fleet_scale"))
     out["goals"] = report.goals(out.get("workload_table"), out.get("rollout"),
                                 out.get("scan", []), out.get("fleet"))
+    if out.get("workload_native_table"):
+        out["goals_native"] = report.goals(out["workload_native_table"], out.get("rollout"),
+                                           out.get("scan", []), out.get("fleet"))
     previous.write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / "bench.md").write_text(report.markdown(out))
     if out.get("workload_table"):
