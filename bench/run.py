@@ -13,6 +13,7 @@ Not a timed test and not part of `./kf test`.
    (demo/prepare.yml, not timed), then times site.yml twice (first converge, idempotent
    re-run) with the benchmark's own callback (bench/callback_plugins: per-task seconds and
    module invocations).
+   The same workload again without emulation: bench/native_workload.py (an nspawn machine).
 3. Fleet scaling: bench/fleet_scale.py, site.yml on 1, 2, 4 and 8 systemd-nspawn machines
    booted on this machine from the lab image (one batch, and the site's default batches).
 4. Verification: bench/proc_scan.py with 1,000 and 10,000 processes (on this host).
@@ -163,6 +164,13 @@ def vm_parts(args: argparse.Namespace, out: dict) -> None:
             vm.down(INSTANCE)
 
 
+def native_part(args: argparse.Namespace) -> None:
+    log("bench: workload without emulation (bench/native_workload.py, nspawn machine)")
+    subprocess.run([sys.executable, str(REPO / "bench" / "native_workload.py"),
+                    "--runs-trivial", str(args.runs_trivial), "--runs-audit",
+                    str(args.runs_audit)], check=True, env=setup.tool_env())
+
+
 def fleet_part(sizes: str) -> dict:
     path = RESULTS / "fleet.json"
     log(f"bench: fleet scaling, site.yml on {sizes} systemd-nspawn machines")
@@ -195,6 +203,8 @@ def main() -> None:
                         help="measure without the podman mode (nothing fetched)")
     parser.add_argument("--skip-vm", action="store_true", help="keep the VM parts' last results")
     parser.add_argument("--skip-scan", action="store_true", help="keep the scan's last results")
+    parser.add_argument("--skip-native", action="store_true",
+                        help="keep the no-emulation workload's last results")
     parser.add_argument("--skip-fleet", action="store_true",
                         help="keep the fleet scaling's last results")
     parser.add_argument("--fleet-sizes", default="1,2,4,8")
@@ -215,6 +225,8 @@ def main() -> None:
         if not args.skip_vm:
             vm_parts(args, out)
             out["workload"] = json.loads((RESULTS / "workload.json").read_text())
+        if not args.skip_native:
+            native_part(args)
         if not args.skip_fleet:
             out["fleet_scale"] = fleet_part(args.fleet_sizes)
         if not args.skip_scan:
