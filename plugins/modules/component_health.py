@@ -59,7 +59,7 @@ options:
       - Seconds the restart counters must stay still.
       - With O(since), skipped (one look at the states, the probes still run) only when this
         run changed nothing (O(previous), O(previous_binaries) and O(previous_ruleset) empty)
-        and no service's main process started at or after O(since): an idempotent re-run.
+        and no service's main process started at or after O(since), as in an idempotent re-run.
     type: int
     default: 12
   probe_timeout:
