@@ -9,7 +9,9 @@ processes when its PID 1 exits, whatever happens to this script). Inside, it for
 children, then times, alternately, `pscap -a` and a fresh Python process that scans every
 process with ProcReader (per thread creds, caps, NoNewPrivs, seccomp, namespaces vs PID 1,
 cgroup, exe sha256 and file caps) and writes the result as JSON, both with output to /dev/null.
-It prints the medians and their ratio and writes them to bench/results/proc_scan.json.
+It prints the medians and their ratio and writes them to bench/results/proc_scan.json, with
+the same scan without the JSON encoding (reading /proc only) and the CPU time (user + system)
+of each, so the report can say where the ratio goes and a busy machine skews it less.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -36,6 +39,9 @@ SCAN = (
 # The same fresh interpreter and import without the scan: the fixed start-up cost the ratio
 # includes (pscap is a C binary), reported so the per-process cost can be compared as well.
 STARTUP = SCAN.rsplit("sys.stdout.write", 1)[0]
+# The scan without the JSON encoding of its records: how much of the ratio is reading /proc
+# and how much is writing the report (every capability name of every set).
+READ_ONLY = STARTUP + "records = ProcReader().scan()\n"
 
 
 def start_sleepers(count: int) -> list[int]:
@@ -50,22 +56,31 @@ def start_sleepers(count: int) -> list[int]:
     return pids
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str], cpu: list[float] | None = None) -> float:
+    """Wall time of argv; its CPU time (user + system, the reaped child's) appended to cpu."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - began
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall
 
 
 def bench(count: int, runs: int, out: Path) -> None:
     pids = start_sleepers(count)
     try:
         seen = sum(1 for name in os.listdir("/proc") if name.isdigit())
-        pscap, scan, startup = [], [], []
+        pscap, scan, startup, read_only = [], [], [], []
+        cpu: dict[str, list[float]] = {"pscap": [], "scan": [], "read_only": []}
         timed(["pscap", "-a"])  # warm the dentry cache for both
         for _ in range(runs):
-            pscap.append(timed(["pscap", "-a"]))
-            scan.append(timed([sys.executable, "-c", SCAN]))
+            pscap.append(timed(["pscap", "-a"], cpu["pscap"]))
+            scan.append(timed([sys.executable, "-c", SCAN], cpu["scan"]))
             startup.append(timed([sys.executable, "-c", STARTUP]))
+            read_only.append(timed([sys.executable, "-c", READ_ONLY], cpu["read_only"]))
+        cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
         result = {
             "processes_in_namespace": seen, "runs": runs,
             "pscap_median_s": round(statistics.median(pscap), 3),
@@ -74,6 +89,12 @@ def bench(count: int, runs: int, out: Path) -> None:
             "startup_median_s": round(statistics.median(startup), 3),
             "ratio_without_startup": round((statistics.median(scan) - statistics.median(startup))
                                            / statistics.median(pscap), 2),
+            "read_only_median_s": round(statistics.median(read_only), 3),
+            "ratio_read_only": round(statistics.median(read_only) / statistics.median(pscap), 2),
+            # CPU time (user + system): what the work costs whatever else the machine runs.
+            "cpu_median_s": {name: round(value, 3) for name, value in cpu_median.items()},
+            "cpu_ratio": round(cpu_median["scan"] / cpu_median["pscap"], 2),
+            "cpu_ratio_read_only": round(cpu_median["read_only"] / cpu_median["pscap"], 2),
             "pscap_s": [round(t, 3) for t in pscap], "scan_s": [round(t, 3) for t in scan],
             "kernel": platform.release(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
@@ -87,7 +108,8 @@ def bench(count: int, runs: int, out: Path) -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{seen} processes: pscap -a median {result['pscap_median_s']} s, "
           f"process_isolation scan median {result['scan_median_s']} s, "
-          f"ratio {result['ratio']} (limit 1.5)")
+          f"ratio {result['ratio']} (limit 1.5); without the JSON {result['ratio_read_only']}; "
+          f"CPU time {result['cpu_ratio']} ({result['cpu_ratio_read_only']} without the JSON)")
 
 
 def main() -> None:
