@@ -250,8 +250,15 @@ def cmd_test(args: argparse.Namespace) -> int:
     stages.run("pytest tests/harness (real qemu cleanup)", [_tool("pytest"), "-q", "tests/harness"],
                env=env)
     for scenario in wanted:
-        stages.run(f"molecule test -s {scenario}",
-                   [_tool("molecule"), "test", "-s", scenario], env=env, timeout=3600)
+        if not stages.run(f"molecule test -s {scenario}",
+                          [_tool("molecule"), "test", "-s", scenario], env=env, timeout=3600):
+            # molecule destroys its VMs after a failed step, but not when the time-out above
+            # killed it: never leave a scenario's VMs running behind a failed stage.
+            try:
+                subprocess.run([_tool("molecule"), "destroy", "-s", scenario], env=env,
+                               cwd=REPO, timeout=600, check=False)
+            except subprocess.TimeoutExpired:
+                log(f"molecule destroy -s {scenario} timed out; `./kf vm down` removes its VMs")
     return stages.report()
 
 
