@@ -171,14 +171,18 @@ def markdown(result: dict) -> str:
         lines += [result.get("fleet_note", "not measured"), ""]
     if result.get("scan"):
         lines += ["## 4. Verification: process scan vs `pscap -a` (controller host)", "",
-                  "| processes | pscap -a median s | scan median s | ratio | python start-up "
-                  "+ import s | ratio without start-up |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "| processes | date | pscap -a median s | scan median s | ratio | python "
+                  "start-up + import s | ratio without start-up | ratio without the JSON | "
+                  "CPU time ratio (without the JSON) |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for s in result["scan"]:
-            lines.append(f"| {s['processes_in_namespace']} | {s['pscap_median_s']} | "
-                         f"{s['scan_median_s']} | {s['ratio']} | "
+            cpu = "-" if s.get("cpu_ratio") is None else \
+                f"{_fmt(s['cpu_ratio'])} ({_fmt(s.get('cpu_ratio_read_only'))})"
+            lines.append(f"| {s['processes_in_namespace']} | {s.get('date', '-')} | "
+                         f"{s['pscap_median_s']} | {s['scan_median_s']} | {s['ratio']} | "
                          f"{_fmt(s.get('startup_median_s'))} | "
-                         f"{_fmt(s.get('ratio_without_startup'))} |")
+                         f"{_fmt(s.get('ratio_without_startup'))} | "
+                         f"{_fmt(s.get('ratio_read_only'))} | {cpu} |")
         lines.append("")
     for key, title in (("goals", "Goals (workload in the TCG VM)"),
                        ("goals_native", "Goals (workload in the nspawn machine, no emulation)")):
