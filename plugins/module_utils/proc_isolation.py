@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import marshal
 import os
 import re
 import struct
@@ -386,106 +385,15 @@ class ProcReader:
             "problems": problems,
         }
 
-    def scan(self, pids: list[int] | None = None, workers: int | None = None) -> dict:
-        """Every process in pids (all when None); exits during the scan land in vanished.
-
-        workers: processes reading /proc at once. None: one per CPU this process may use, up
-        to MAX_WORKERS, once there are PARALLEL_MIN processes to read (a host-wide scan); each
-        extra worker is a fork that reads a contiguous share of pids and hands its records back
-        through a pipe, so the result (order included) is the one a single reader gives.
-        """
-        targets = self.pids() if pids is None else list(pids)
-        count = _worker_count(len(targets)) if workers is None else max(1, int(workers))
-        if count <= 1 or len(targets) < 2:
-            return self._scan(targets)
-        count = min(count, len(targets))
-        shares = [targets[i * len(targets) // count:(i + 1) * len(targets) // count]
-                  for i in range(count)]
-        forked = [(share, _fork_worker(self._scan, share)) for share in shares[1:]]
-        parts = [self._scan(shares[0])]
-        for share, worker in forked:
-            part = _collect(worker)
-            # A worker that could not be forked or did not hand back a whole result: read its
-            # share here, so a failed fork costs time, never records.
-            parts.append(self._scan(share) if part is None else part)
-        return {"processes": [p for part in parts for p in part["processes"]],
-                "vanished": [v for part in parts for v in part["vanished"]]}
-
-    def _scan(self, pids: list[int]) -> dict:
+    def scan(self, pids: list[int] | None = None) -> dict:
+        """Every process in pids (all when None); exits during the scan land in vanished."""
         processes, vanished = [], []
-        for pid in pids:
+        for pid in self.pids() if pids is None else pids:
             try:
                 processes.append(self.process(pid))
             except Vanished:
                 vanished.append(pid)
         return {"processes": processes, "vanished": vanished}
-
-
-# A host-wide scan reads /proc in parallel from this many processes on; fewer are read by one.
-PARALLEL_MIN = 2000
-MAX_WORKERS = 4
-
-
-def _worker_count(processes: int) -> int:
-    if processes < PARALLEL_MIN:
-        return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, MAX_WORKERS))
-
-
-def _fork_worker(scan, share: list[int]) -> tuple[int, int] | None:
-    """(pid, read end) of a forked worker writing marshal(scan(share)) to a pipe; None if the
-    fork failed."""
-    try:
-        read_end, write_end = os.pipe()
-    except OSError:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_end)
-        os.close(write_end)
-        return None
-    if pid == 0:  # the worker: never returns into the caller's code
-        status = 1
-        try:
-            os.close(read_end)
-            data = marshal.dumps(scan(share))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_end, view):]
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    return pid, read_end
-
-
-def _collect(worker: tuple[int, int] | None) -> dict | None:
-    """The result a worker handed back, or None when it failed (fork, exit status, data)."""
-    if worker is None:
-        return None
-    pid, read_end = worker
-    chunks = []
-    try:
-        while True:
-            chunk = os.read(read_end, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read_end)
-        _pid, status = os.waitpid(pid, 0)
-    if status != 0:
-        return None
-    try:
-        result = marshal.loads(b"".join(chunks))
-    except (EOFError, ValueError, TypeError):
-        return None
-    return result if isinstance(result, dict) else None
 
 
 def cgroup_pids(control_group: str, cgroup_root: str = "/sys/fs/cgroup") -> list[int]:

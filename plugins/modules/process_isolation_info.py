@@ -21,10 +21,6 @@ description:
   - A process that exits during the scan is listed in RV(vanished); a field the kernel does not
     have (C(Seccomp_filters) before Linux 5.9, time namespaces before 5.6) is null and named in
     the process's C(missing) list.
-  - From 2000 processes on (a host-wide scan), C(/proc) is read by one forked worker per CPU
-    the module may use, at most 4, each reading a contiguous share of the PIDs; the result,
-    order included, is the one a single reader gives, and a worker that fails has its share
-    read again by the module itself.
 author: kernelfence contributors (@kernelfence)
 attributes:
   check_mode:

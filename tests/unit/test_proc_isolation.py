@@ -1,8 +1,6 @@
 """The /proc reader on a real recorded tree (tests/unit/fixtures/proc/README.md)."""
 
-import errno
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -147,75 +145,3 @@ def test_status_key_keeps_the_last_character_when_a_marker_is_missing():
     cache = StatusCache()
     assert cache.isolation(head + "0")[1]["seccomp"]["filters"] == 0
     assert cache.isolation(head + "2")[1]["seccomp"]["filters"] == 2
-
-
-def test_a_scan_split_across_workers_gives_the_single_readers_result(monkeypatch):
-    """Forked workers read contiguous shares of the PIDs: same records, same order, same
-    vanished list as one reader (the recorded tree includes a process that vanished)."""
-    from ansible_collections.kernelfence.isolation.plugins.module_utils import proc_isolation
-
-    handed_back = []
-    real_collect = proc_isolation._collect
-
-    def collect(worker):
-        part = real_collect(worker)
-        handed_back.append(part)
-        return part
-
-    monkeypatch.setattr(proc_isolation, "_collect", collect)
-    reader = ProcReader(str(FIX / "tree"))
-    pids = reader.pids()
-    parallel = reader.scan(pids, workers=3)
-    # Two forked workers read two of the three shares, and they were not empty.
-    assert len(handed_back) == 2 and all(part and part["processes"] for part in handed_back)
-    assert parallel == ProcReader(str(FIX / "tree")).scan(pids, workers=1)
-    assert parallel["vanished"] == [ROLES["vanished"]]
-
-
-def test_a_worker_that_fails_costs_time_not_records(monkeypatch):
-    """A worker that dies before handing back its share (here: every forked worker raises)
-    and a fork that fails: the caller reads those shares itself."""
-    from ansible_collections.kernelfence.isolation.plugins.module_utils import proc_isolation
-
-    expected = ProcReader(str(FIX / "tree")).scan(workers=1)
-    parent = os.getpid()
-    real_scan = proc_isolation.ProcReader._scan
-
-    def scan_or_die_in_a_worker(self, pids):
-        if os.getpid() != parent:
-            raise RuntimeError("worker failed")
-        return real_scan(self, pids)
-
-    monkeypatch.setattr(proc_isolation.ProcReader, "_scan", scan_or_die_in_a_worker)
-    assert ProcReader(str(FIX / "tree")).scan(workers=3) == expected
-
-    def no_fork():
-        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
-
-    monkeypatch.setattr(proc_isolation.os, "fork", no_fork)
-    assert ProcReader(str(FIX / "tree")).scan(workers=3) == expected
-
-
-@pytest.mark.parametrize(("processes", "cpus", "workers"), [
-    (1999, 8, 1),   # below PARALLEL_MIN: one reader
-    (2000, 2, 2),
-    (10000, 1, 1),
-    (10000, 16, 4),  # at most MAX_WORKERS
-])
-def test_worker_count(monkeypatch, processes, cpus, workers):
-    from ansible_collections.kernelfence.isolation.plugins.module_utils import proc_isolation
-
-    monkeypatch.setattr(proc_isolation.os, "sched_getaffinity", lambda _pid: set(range(cpus)))
-    assert proc_isolation._worker_count(processes) == workers
-
-
-def test_live_scan_split_across_workers_reads_the_same_processes():
-    """The worker path on the real /proc: a forked worker reads its share through /proc as the
-    caller would (this process and its parent, stable fields only)."""
-    pids = [os.getppid(), os.getpid()]
-    fields = ("pid", "name", "uids", "capabilities", "namespaces", "cgroup", "exe")
-
-    def stable(scan):
-        return [{k: p[k] for k in fields} for p in scan["processes"]], scan["vanished"]
-
-    assert stable(ProcReader().scan(pids, workers=2)) == stable(ProcReader().scan(pids, workers=1))
