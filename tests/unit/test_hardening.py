@@ -15,12 +15,20 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening im
     wrapper_argv,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
+    parse_security,
     parse_verify,
 )
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load(
     (REPO / "inventory/example/group_vars/kernelfence/components.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def host_systemd():
+    """Major version of this machine's systemd-analyze (the one every real check here uses)."""
+    return int(subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True,
+                              check=True).stdout.split()[1])
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +122,8 @@ def test_thresholds():
     assert threshold("executor", 252) == 1.9
 
 
-def test_real_systemd_accepts_every_line_of_the_252_rendering(records, tmp_path):
-    version = int(subprocess.run(["systemd-analyze", "--version"], capture_output=True,
-                                 text=True, check=True).stdout.split()[1])
+def test_real_systemd_accepts_every_line_of_the_252_rendering(records, tmp_path, host_systemd):
+    version = host_systemd
     files = []
     for name, rec in records.items():
         path = tmp_path / f"kf-{name}.service"
@@ -137,19 +144,20 @@ def test_real_systemd_accepts_every_line_of_the_252_rendering(records, tmp_path)
 
 
 def offline_exposure(path):
-    """Overall exposure of a unit file, scored by this host's systemd-analyze (offline)."""
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
-                           str(path)], capture_output=True, text=True, check=False)
-    last = proc.stdout.strip().splitlines()[-1]
-    assert "Overall exposure level" in last, proc.stdout + proc.stderr
-    return float(last.split(":")[1].split()[0])
+    """Overall exposure of a unit file, scored by this host's systemd-analyze (offline) and
+    read by the parser the unit gate uses (unit_install.verify_and_score)."""
+    argv = ["systemd-analyze", "security", "--no-pager", "--offline=yes"]
+    text, as_json = (subprocess.run([*argv, *extra, str(path)], capture_output=True, text=True,
+                                    check=False).stdout for extra in ([], ["--json=short"]))
+    return parse_security(text, as_json)["exposure"]
 
 
 def without_pid_namespace(text):
     return "\n".join(line for line in text.splitlines() if line != "PrivatePIDs=yes") + "\n"
 
 
-def test_what_a_pid_namespace_costs_in_exposure_on_systemd_252(records, tmp_path):
+def test_what_a_pid_namespace_costs_in_exposure_on_systemd_252(records, tmp_path,
+                                                               host_systemd):
     """Why the wrapper allowance exists (README, "PID namespace"), scored by real systemd 252.
 
     - The 257 rendering without PrivatePIDs= (no PID namespace) meets every profile target.
@@ -158,8 +166,7 @@ def test_what_a_pid_namespace_costs_in_exposure_on_systemd_252(records, tmp_path
       executor's target cannot both be had.
     - The rendering we ship stays within the target plus the documented allowance.
     """
-    version = int(subprocess.run(["systemd-analyze", "--version"], capture_output=True,
-                                 text=True, check=True).stdout.split()[1])
+    version = host_systemd
     if version >= 257:
         # Only on a controller whose systemd-analyze knows PrivatePIDs=: the 252 rendering
         # cannot be scored there. The CI machine (Debian 12, systemd 252) always runs it.
