@@ -1,0 +1,65 @@
+"""The two tiers of VM checks (tests/vm/conftest.py): what CI's core set keeps and what only the
+full suite runs, read from pytest's own collection of tests/vm."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def collect(suite):
+    env = dict(os.environ, KF_VM_SUITE=suite)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "--hosts=local://",
+         "-p", "no:cacheprovider", "tests/vm"],
+        cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    return proc, [line for line in proc.stdout.splitlines() if "::" in line]
+
+
+@pytest.fixture(scope="module")
+def tiers():
+    pytest.importorskip("testinfra", reason="the VM checks need pytest-testinfra (./kf test)")
+    core_proc, core = collect("core")
+    full_proc, full = collect("full")
+    assert core_proc.returncode == 0, core_proc.stdout + core_proc.stderr
+    assert full_proc.returncode == 0, full_proc.stdout + full_proc.stderr
+    return core, full, core_proc.stdout
+
+
+def test_core_is_a_strict_subset_and_reports_the_rest_as_deselected(tiers):
+    core, full, output = tiers
+    assert set(core) < set(full)
+    assert f"{len(core)}/{len(full)} tests collected ({len(full) - len(core)} deselected)" in output
+
+
+def test_core_keeps_every_live_isolation_check_and_the_attack_suite(tiers):
+    core, full, _ = tiers
+    for module in ("test_attack", "test_components", "test_identity", "test_dropin",
+                   "test_isolation_modules"):
+        in_full = [t for t in full if f"/{module}.py::" in t]
+        assert in_full and all(t in core for t in in_full), module
+
+
+def test_core_keeps_one_refusal_per_gate_and_leaves_the_long_runs_to_full(tiers):
+    core, _, _ = tiers
+    refusals = {
+        "test_bad_input.py::test_bad_model_fails": 1,
+        "test_network_policy.py::test_bad_input_fails": 1,
+        "test_verified_binary.py::test_bad_artifact_fails": 2,  # one per verification path
+    }
+    for name, count in refusals.items():
+        assert len([t for t in core if name in t]) == count, name
+    for long_run in ("test_rollout.py::", "after_reboot", "test_upgrade_keeps_previous",
+                     "test_role_restores_drift"):
+        assert not [t for t in core if long_run in t], long_run
+
+
+def test_an_unknown_tier_is_refused_by_name():
+    pytest.importorskip("testinfra", reason="the VM checks need pytest-testinfra (./kf test)")
+    proc, collected = collect("most")
+    assert proc.returncode != 0 and not collected
+    assert "KF_VM_SUITE='most': use 'core' or 'full'" in proc.stdout + proc.stderr
