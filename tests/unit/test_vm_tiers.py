@@ -37,7 +37,7 @@ def test_core_is_a_strict_subset_and_reports_the_rest_as_deselected(tiers):
 
 
 def test_core_keeps_every_live_isolation_check_and_the_attack_suite(tiers):
-    core, full, _ = tiers
+    core, full = tiers[:2]
     for module in ("test_attack", "test_components", "test_identity", "test_dropin",
                    "test_isolation_modules"):
         in_full = [t for t in full if f"/{module}.py::" in t]
@@ -45,7 +45,7 @@ def test_core_keeps_every_live_isolation_check_and_the_attack_suite(tiers):
 
 
 def test_core_keeps_one_refusal_per_gate_and_leaves_the_long_runs_to_full(tiers):
-    core, _, _ = tiers
+    core = tiers[0]
     refusals = {
         "test_bad_input.py::test_bad_model_fails": 1,
         "test_network_policy.py::test_bad_input_fails": 1,
