@@ -19,11 +19,12 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 SYSTEMD_BY_INSTANCE = {"kf12": 252, "kf13": 257}
 
 # Two tiers of VM checks (README, "The two commands"). `core` is what CI runs on Debian 12 in
-# its time budget: every live isolation check, the whole attack suite, the isolation modules
-# and one bad-input case per gate. `full` (`./kf test --full`, and a bare `molecule verify`)
-# adds every other bad-input case, the upgrade, drift, reboot and rollout/rollback runs, each
-# a further ansible-playbook run of minutes under TCG. Left-out checks are reported as
-# deselected, never skipped.
+# its time budget: every live isolation check, the whole attack suite, the isolation modules,
+# every bad component model and network policy, and one bad artifact per verification path.
+# `full` (`./kf test --full`, and a bare `molecule verify`) adds the rest of the bad-artifact
+# matrix and the runs that change the host and take minutes under TCG: upgrade, drift, reboot,
+# the role twice in one play, rollout/rollback. Left-out checks are reported as deselected,
+# never skipped.
 SUITE = os.environ.get("KF_VM_SUITE", "full")
 if SUITE not in ("core", "full"):
     raise pytest.UsageError(f"KF_VM_SUITE={SUITE!r}: use 'core' or 'full'")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import full, run_playbook
+from conftest import run_playbook
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load(
@@ -69,10 +69,7 @@ def run_bad_model(host, change, tmp_path):
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 
-# CI (core) runs one case through site.yml on the host; each case is also a unit test.
-@pytest.mark.parametrize("case", [
-    case if case == "misspelled-capability" else pytest.param(case, marks=full)
-    for case in sorted(CASES)])
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_model_fails_and_changes_nothing(host, case, tmp_path):
     change, message = CASES[case]
     before = host_state(host)
@@ -83,7 +80,6 @@ def test_bad_model_fails_and_changes_nothing(host, case, tmp_path):
     assert host_state(host) == before
 
 
-@full
 def test_directive_unknown_to_this_systemd_fails_before_any_change(host, tmp_path):
     """A new component (new user, new unit) whose extra directive this systemd does not know:
     the unit is refused in the staging directory before its user or any file is created."""
