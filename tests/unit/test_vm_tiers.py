@@ -53,7 +53,7 @@ def test_core_keeps_the_refusals_and_leaves_the_long_runs_to_full(tiers):
     assert len(bad_artifacts) == 2, bad_artifacts  # one per verification path
     assert {t.rsplit("-", 1)[1].rstrip("]") for t in bad_artifacts} == {"cosign", "python"}
     for long_run in ("test_rollout.py::", "after_reboot", "test_upgrade_keeps_previous",
-                     "test_role_restores_drift", "test_role_twice_over_the_same_connection"):
+                     "test_keyless_artifact_installs", "test_role_twice_over_the_same_connection"):
         assert not [t for t in core if long_run in t], long_run
 
 

@@ -20,11 +20,11 @@ SYSTEMD_BY_INSTANCE = {"kf12": 252, "kf13": 257}
 
 # Two tiers of VM checks (README, "The two commands"). `core` is what CI runs on Debian 12 in
 # its time budget: every live isolation check, the whole attack suite, the isolation modules,
-# every bad component model and network policy, and one bad artifact per verification path.
-# `full` (`./kf test --full`, and a bare `molecule verify`) adds the rest of the bad-artifact
-# matrix and the runs that change the host and take minutes under TCG: upgrade, drift, reboot,
-# the role twice in one play, rollout/rollback. Left-out checks are reported as deselected,
-# never skipped.
+# every bad component model and network policy, one bad artifact per verification path and the
+# copy corrupted on the host, the sysctl drift run. `full` (`./kf test --full`, and a bare
+# `molecule verify`) adds the rest of the bad-artifact matrix and the runs that take minutes
+# under TCG: upgrade, keyless install, reboot, the role twice in one play, rollout/rollback.
+# Left-out checks are reported as deselected, never skipped.
 SUITE = os.environ.get("KF_VM_SUITE", "full")
 if SUITE not in ("core", "full"):
     raise pytest.UsageError(f"KF_VM_SUITE={SUITE!r}: use 'core' or 'full'")

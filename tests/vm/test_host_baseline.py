@@ -8,7 +8,7 @@ The check after a reboot is in test_network_policy.py, after the suite's one reb
 import re
 
 from ansible_collections.kernelfence.isolation.plugins.module_utils import host_baseline as hb
-from conftest import REPO, as_user, full, run_playbook, systemd_version
+from conftest import REPO, as_user, run_playbook, systemd_version
 
 FILE = "/etc/sysctl.d/60-kernelfence-baseline.conf"
 PLAYBOOK = REPO / "tests/vm/playbooks/host_baseline.yml"
@@ -108,7 +108,6 @@ def test_ptrace_of_a_same_uid_process_outside_the_units_is_refused(host):
     assert allowed == "OK OK 65534", allowed
 
 
-@full
 def test_role_restores_drift_keeps_stricter_values_check_mode_first_idempotent(host):
     """Two values made less strict by hand and one made stricter (fs.protected_regular=2, as
     Debian 12's procps file sets it at boot): check mode reports and changes nothing, the run

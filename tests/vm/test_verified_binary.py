@@ -184,7 +184,6 @@ def test_bad_artifact_fails_and_host_keeps_its_binary(host, tmp_path, case, back
     assert host_state(host) == before
 
 
-@full
 def test_digest_mismatch_on_the_host_changes_nothing(host, tmp_path):
     """A valid new version whose copy is corrupted in transit (test hook): the host refuses it."""
     before = host_state(host)
