@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# Collecting tests/vm needs its pytest plugin; ./kf test always installs it.
+pytest.importorskip("testinfra", reason="the VM checks need pytest-testinfra (./kf test)")
 
 
 def collect(suite):
@@ -22,7 +24,6 @@ def collect(suite):
 
 @pytest.fixture(scope="module")
 def tiers():
-    pytest.importorskip("testinfra", reason="the VM checks need pytest-testinfra (./kf test)")
     core_proc, core = collect("core")
     full_proc, full = collect("full")
     assert core_proc.returncode == 0, core_proc.stdout + core_proc.stderr
@@ -58,7 +59,6 @@ def test_core_keeps_the_refusals_and_leaves_the_long_runs_to_full(tiers):
 
 
 def test_an_unknown_tier_is_refused_by_name():
-    pytest.importorskip("testinfra", reason="the VM checks need pytest-testinfra (./kf test)")
     proc, collected = collect("most")
     assert proc.returncode != 0 and not collected
     assert "KF_VM_SUITE='most': use 'core' or 'full'" in proc.stdout + proc.stderr

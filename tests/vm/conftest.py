@@ -39,10 +39,12 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if SUITE == "full":
         return
-    deselected = [item for item in items if item.get_closest_marker("full")]
+    kept, deselected = [], []
+    for item in items:
+        (deselected if item.get_closest_marker("full") else kept).append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("full")]
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

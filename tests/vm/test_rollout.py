@@ -12,6 +12,9 @@ import yaml
 from conftest import full, run_playbook
 from test_verified_binary import BIN, good_artifact, release_sha256, sign
 
+# Every run here converges site.yml, fails and rolls back: minutes each, so the full tier only.
+pytestmark = full
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load(
     (REPO / "inventory/example/group_vars/kernelfence/components.yml").read_text())
@@ -59,7 +62,6 @@ def play(host, tmp_path, *flags):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-@full
 def test_check_diff_shows_the_change_and_changes_nothing_then_the_run_rolls_back(host, tmp_path):
     before_files, before_states = files_hash(host), states(host)
     assert before_states.count("ActiveState=active") == 3  # control: a healthy stack
@@ -121,7 +123,6 @@ def site_with(host, tmp_path, model, extra=None):
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 
-@full
 def test_a_new_binary_that_fails_its_health_check_is_rolled_back(host, tmp_path):
     before_files, before_states = files_hash(host), states(host)
     assert before_states.count("ActiveState=active") == 3
@@ -161,7 +162,6 @@ def test_a_new_binary_that_fails_its_health_check_is_rolled_back(host, tmp_path)
     assert "report" in ask_executor(host, "cargo-audit")
 
 
-@full
 def test_a_new_network_policy_that_fails_a_health_check_is_rolled_back(host, tmp_path):
     host.run("systemctl stop kf-test-mirror.service")
     start = host.run("systemd-run --unit=kf-test-mirror --collect /usr/bin/python3 -c %s", MIRROR)
