@@ -263,13 +263,21 @@ def explain_finding(finding: dict, files: list[tuple[str, str]]) -> dict:
                  and a.line == finding["line"]), None)
     if line and line.key == "SystemCallFilter" and finding["kind"] == "unparsable-value":
         words = line.value.split()
-        tail = next((i for i, w in enumerate(words) if w.startswith("~")), None)
-        if tail:
+        inner = [w for w in words[1:] if w.startswith("~")]
+        if inner and not words[0].startswith("~"):
+            tail = words.index(inner[0])
             allow, deny = " ".join(words[:tail]), " ".join(words[tail:])
             out["message"] = (
                 f"SystemCallFilter={line.value} is an allow list ('~' negates a whole line "
-                f"only): systemd drops '{words[tail]}' and nothing of '{deny}' is denied. "
+                f"only): systemd drops '{inner[0]}' and nothing of '{deny}' is denied. "
                 f"Fix: two lines, SystemCallFilter={allow} then SystemCallFilter={deny}")
+            return out
+        if inner:
+            fixed = " ".join([words[0], *(w.lstrip("~") for w in words[1:])])
+            out["message"] = (
+                f"SystemCallFilter={line.value}: the leading '~' already makes the whole line "
+                f"a deny list; systemd drops {', '.join(repr(w) for w in inner)}. "
+                f"Fix: SystemCallFilter={fixed}")
             return out
     if "Fix:" in out["message"]:
         return out

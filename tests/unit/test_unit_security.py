@@ -226,3 +226,25 @@ def test_a_valid_policy_is_used(tmp_path):
     weighted = run_module(tmp_path, {"paths": [str(path)], "security_policy": str(policy_file)})
     assert not weighted.get("failed"), weighted.get("msg")
     assert weighted["exposure"] != plain["exposure"]
+
+
+def test_a_tilde_inside_a_deny_list_is_explained(tmp_path):
+    unit = ("[Service]\nExecStart=/bin/true\nDynamicUser=yes\n"
+            "SystemCallFilter=~@privileged ~@mount\n")
+    path = write_unit(tmp_path / "units", "inner.service", unit)
+    result = run_module(tmp_path, {"paths": [str(path)]})
+    assert result["failed"] and result["exposure"] is not None
+    assert (f"{path}:4: SystemCallFilter=~@privileged ~@mount: the leading '~' already makes "
+            "the whole line a deny list; systemd drops '~@mount'. "
+            "Fix: SystemCallFilter=~@privileged @mount") in result["msg"]
+
+
+def test_a_bad_line_in_a_dropin_beside_the_file_is_named(tmp_path):
+    path = write_unit(tmp_path / "units", "ok.service",
+                      "[Service]\nExecStart=/bin/true\nDynamicUser=yes\n",
+                      {"50-local.conf": "[Service]\nProtectSytem=strict\n"})
+    result = run_module(tmp_path, {"paths": [str(path)]})
+    assert result["failed"]
+    assert (f"{path}.d/50-local.conf:2: Unknown key 'ProtectSytem' in section [Service], "
+            "ignoring. Fix: remove it or target a systemd that knows it") in result["msg"]
+    assert result["verified"] == [str(path), f"{path}.d/50-local.conf"]
