@@ -157,6 +157,11 @@ def service_directives(record: dict, systemd_version: int,
     caps = record.get("capabilities") or []
     base["CapabilityBoundingSet"] = " ".join(caps)
     base["AmbientCapabilities"] = " ".join(caps) if record.get("ambient_capabilities") else ""
+    if caps:
+        # A private user namespace makes every capability void on the host (a capability then
+        # counts only for namespaces that user namespace owns): a component granted one runs
+        # in the host's user namespace, or it would not have it at all.
+        base["PrivateUsers"] = "no"
     wrapped = uses_wrapper(systemd_version)
     if wrapped:
         base["RestrictNamespaces"] = WRAPPER_NAMESPACES

@@ -18,6 +18,10 @@ from collections.abc import Callable
 from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
     parse_security,
     parse_verify,
+    systemd_features,
+    unenforced_directives,
+    unit_load_order,
+    verify_errors,
 )
 
 # run(argv) -> (rc, stdout, stderr), like AnsibleModule.run_command.
@@ -28,7 +32,15 @@ DROPIN_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/s
 
 
 class UnitInstallError(ValueError):
-    """A unit that must not be installed; the text names the component, the field and the fix."""
+    """A unit that must not be installed; the text names the component, the field and the fix.
+
+    scores holds the exposure of every gated unit that could be scored, also when the unit
+    failed verification.
+    """
+
+    def __init__(self, message: str, scores: dict[str, dict] | None = None):
+        super().__init__(message)
+        self.scores = scores or {}
 
 
 def describe_findings(findings: list[dict], unit: dict, version: str) -> str:
@@ -86,26 +98,59 @@ def stage_units(units: list[dict], stage: str, run: Runner) -> dict[str, str]:
     return paths
 
 
+def _staged_files(path: str) -> list[tuple[str, str]]:
+    files = []
+    for name in unit_load_order(path):
+        with open(name, encoding="utf-8") as fh:
+            files.append((name, fh.read()))
+    return files
+
+
+def _describe_other(findings: list[dict], unit: dict) -> str:
+    """Reasons not tied to an ignored line (missing command, unenforced directive)."""
+    parts = []
+    for finding in findings:
+        where = posixpath.basename(finding["file"])
+        if finding.get("line"):
+            where += f":{finding['line']}"
+        parts.append(f"kernelfence_components[{unit.get('component', unit['name'])}]: "
+                     f"{where}: {finding['message']}")
+    return " | ".join(parts)
+
+
 def verify_and_score(units: list[dict], paths: dict[str, str], run: Runner,
-                     version: str) -> dict[str, dict]:
-    """Verify all staged units together and score the gated ones; raise on any problem."""
+                     version: str, features: str | None = None) -> dict[str, dict]:
+    """Verify all staged units together and score the gated ones; raise on any problem.
+
+    features: the target's `systemctl --version` output; directives its systemd accepts but
+    cannot enforce (BPF ones without BPF_FRAMEWORK) are problems too. Every gated unit is
+    scored even when another problem was found; the error carries the scores.
+    """
     staged = list(paths.values())
     rc, out, err = run(["systemd-analyze", "verify", "--man=no", *staged])
     stage_dir = posixpath.dirname(staged[0]) if staged else ""
     findings = [f for f in parse_verify(err) if f["file"].startswith(stage_dir + "/")
                 and f["kind"] != "warning"]
+    files = {unit["name"]: _staged_files(paths[unit["name"]]) for unit in units}
+    errors = verify_errors(err, {posixpath.basename(paths[name]): pairs
+                                 for name, pairs in files.items()})
+    target = systemd_features(features) if features is not None else None
     problems = []
     for unit in units:
         mine = [f for f in findings if f["file"] == paths[unit["name"]]
                 or f["file"].startswith(paths[unit["name"]] + ".d/")]
         if mine:
             problems.append(describe_findings(mine, unit, version))
+        other = [f for f in errors if f["file"] == paths[unit["name"]]
+                 or f["file"].startswith(paths[unit["name"]] + ".d/")]
+        if target is not None:
+            other += unenforced_directives(files[unit["name"]], target)
+        if other:
+            problems.append(_describe_other(other, unit))
     if rc != 0 and not problems:
         problems.append(f"systemd-analyze verify failed for {', '.join(sorted(paths))}: "
                         f"{(err or out).strip()[-1500:]}. Fix: correct the component's command "
                         "or unit fields named above")
-    if problems:
-        raise UnitInstallError(" | ".join(problems))
     scores = {}
     for unit in units:
         if unit.get("threshold") is None:
@@ -114,18 +159,24 @@ def verify_and_score(units: list[dict], paths: dict[str, str], run: Runner,
         rc1, text, err1 = run(argv)
         rc2, as_json, err2 = run([*argv[:3], "--json=short", *argv[3:]])
         if rc1 != 0 or rc2 != 0:
-            raise UnitInstallError(f"systemd-analyze security failed for {unit['name']}: "
-                                   f"{(err1 + err2).strip()[-1500:]}")
+            problems.append(f"systemd-analyze security failed for {unit['name']}: "
+                            f"{(err1 + err2).strip()[-1500:]}")
+            continue
         score = parse_security(text, as_json)
         scores[unit["name"]] = score
         if score["exposure"] > float(unit["threshold"]):
             worst = ", ".join(f"{c['name']} ({c['exposure']})" for c in score["failing"][:8])
-            raise UnitInstallError(
+            problems.append(
                 f"kernelfence_components[{unit.get('component', unit['name'])}]: exposure "
                 f"{score['exposure']} of {unit['name']} is above its profile threshold "
                 f"{unit['threshold']}; failing checks: {worst}. Fix: drop the relaxation "
                 "(capabilities, syscalls, network, directives) that costs most, or choose "
                 "another profile")
+        elif problems:
+            problems.append(f"{unit['name']}: exposure {score['exposure']} {score['band']} "
+                            f"(threshold {unit['threshold']})")
+    if problems:
+        raise UnitInstallError(" | ".join(problems), scores)
     return scores
 
 

@@ -248,9 +248,11 @@ def main():
     stage = tempfile.mkdtemp(prefix="kernelfence-stage-", dir="/run")
     try:
         paths = stage_units(units, stage, module.run_command)
-        scores = verify_and_score(units, paths, module.run_command, version)
+        # The features come from this host's (the target's) systemctl, never the controller's.
+        scores = verify_and_score(units, paths, module.run_command, version,
+                                  features=out if rc == 0 else "")
     except UnitInstallError as exc:
-        module.fail_json(msg=str(exc), systemd_version=version)
+        module.fail_json(msg=str(exc), systemd_version=version, exposure=exc.scores)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -188,3 +188,27 @@ def test_what_a_pid_namespace_costs_in_exposure_on_systemd_252(records, tmp_path
         assert scores[name, "none"] < scores[name, "minimal"] <= scores[name, "shipped"], scores
         assert scores[name, "shipped"] <= threshold(rec["profile"], version), scores
     assert scores["executor", "minimal"] > threshold("executor", 257), scores
+
+
+def test_granted_capabilities_are_not_voided_by_a_user_namespace(tmp_path, host_systemd):
+    """A capability under PrivateUsers=yes exists only in the unit's own user namespace: the
+    unit gate refuses that pairing, so the pipeline renders PrivateUsers=no when it grants one."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
+        systemd_features,
+        unenforced_directives,
+    )
+    features = systemd_features((Path(__file__).parent / "fixtures/systemd_analyze"
+                                 / "systemctl-version-257.txt").read_text())
+    rec = normalize_components([{"name": "web", "profile": "custom",
+                                 "command": "/opt/kernelfence/bin/web",
+                                 "capabilities": ["net_bind_service"],
+                                 "ambient_capabilities": True}])[0]
+    plain = normalize_components([{"name": "web", "profile": "custom"}])[0]
+    assert as_dict(service_directives(rec, 257))["PrivateUsers"] == ["no"]
+    assert as_dict(service_directives(plain, 257))["PrivateUsers"] == ["yes"]
+    rendered = [("/kf-web.service", render(rec, 257))]
+    assert unenforced_directives(rendered, features) == []
+    # Scored by the host's systemd, the relaxation stays within the profile's target.
+    path = tmp_path / "kf-web.service"
+    path.write_text(render(rec, host_systemd))
+    assert offline_exposure(path) <= threshold("custom", host_systemd)

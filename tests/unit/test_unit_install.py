@@ -112,3 +112,44 @@ def test_a_dropin_for_a_unit_the_host_lacks_says_how_to_fix_it(tmp_path):
     assert ("kernelfence_components[report].unit: agent-report.service is not a unit this "
             "host has") in str(err.value)
     assert "Fix: install the unit first" in str(err.value)
+
+
+FIX = Path(__file__).parent / "fixtures/systemd_analyze"
+
+
+def test_the_gate_names_every_reason_and_still_scores(tmp_path):
+    content = HARDENED.replace("/usr/bin/sleep infinity", "/opt/kernelfence/bin/kf-missing")
+    unit = {"name": "kf-demo.service", "component": "demo", "user_directives": ["ProtectSytem"],
+            "content": content + "ProtectSytem=strict\n", "threshold": 10}
+    with pytest.raises(UnitInstallError) as err:
+        stage_and_check(tmp_path, [unit])
+    message = str(err.value)
+    assert ("kernelfence_components[demo].directives: systemd 252 on this host ignores "
+            "kf-demo.service:12 (Unknown key 'ProtectSytem'") in message
+    assert ("kernelfence_components[demo]: kf-demo.service:2: Command "
+            "/opt/kernelfence/bin/kf-missing is not executable") in message
+    assert 0 < err.value.scores["kf-demo.service"]["exposure"] < 10
+    assert f"kf-demo.service: exposure {err.value.scores['kf-demo.service']['exposure']}" \
+        in message
+
+
+@pytest.mark.parametrize("version_file", ["systemctl-version-252.txt",
+                                          "systemctl-version-257.txt"])
+def test_the_gate_refuses_bpf_directives_the_target_cannot_enforce(tmp_path, version_file):
+    features = (FIX / version_file).read_text()
+    unit = {"name": "kf-demo.service", "component": "demo", "threshold": 10,
+            "user_directives": ["RestrictFileSystems"],
+            "content": HARDENED + "RestrictFileSystems=ext4 tmpfs\n"}
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    units = [dict(unit, dropin_name="50-kernelfence.conf")]
+    paths = stage_units(units, str(stage), runner())
+    if "-BPF_FRAMEWORK" in features:
+        with pytest.raises(UnitInstallError) as err:
+            verify_and_score(units, paths, runner(), "252", features)
+        assert ("kernelfence_components[demo]: kf-demo.service:12: RestrictFileSystems=ext4 "
+                "tmpfs is accepted but not enforced: systemd 252 on the target is built "
+                "without BPF_FRAMEWORK") in str(err.value)
+        assert "kf-demo.service" in err.value.scores
+    else:
+        assert verify_and_score(units, paths, runner(), "252", features)["kf-demo.service"]
