@@ -94,7 +94,10 @@ def test_report_renders_green_and_red_matrix(tmp_path):
 def test_all_green_report_has_no_red_cells(tmp_path):
     evidence = test_audit.evidence("kf12", "seccomp")
     evidence["checks"] = [dict(c, passed=True) for c in evidence["checks"]]
-    evidence["attacks"] = [dict(a, passed=True) for a in evidence["attacks"]]
+    # Honest green attack rows: blocked as expected (an entry that says passed while its
+    # observed outcome is not the expected one is judged a failure).
+    evidence["attacks"] = [dict(a, passed=True, observed=a["expected"])
+                           for a in evidence["attacks"]]
     _w, _h, pixels = decode_png(screenshot(html_report([evidence]), tmp_path).read_bytes())
     assert sum(1 for p in pixels if p == bytes(RED)) == 0
     assert sum(1 for p in pixels if p == bytes(GREEN)) > 250 * len(evidence["checks"])
