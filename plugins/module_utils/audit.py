@@ -479,7 +479,7 @@ def html_report(evidences: list[dict], attacks: list[dict] | None = None,
         for item in attempts:
             css = "pass" if item["passed"] else "fail"
             note = footnotes.get(id(item))
-            result = html.escape(item["label"]) + (f" <sup>{note}</sup>" if note else "")
+            result = html.escape(item["label"]) + (f"<sup>{note}</sup>" if note else "")
             parts.append(
                 f'<tr><td class="name">{html.escape(str(item.get("host") or ""))}</td>'
                 f'<td class="name">{html.escape(str(item["component"]))}</td>'
