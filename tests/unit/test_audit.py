@@ -319,3 +319,19 @@ def test_failed_cell_shows_expected_and_observed_without_hover():
             else json.dumps(check["expected"])
         assert f'<td class="text expected">{html.escape(expected)}</td>' in row
         assert html.escape(json.dumps(check["observed"])) in row
+
+
+@pytest.mark.parametrize("role", ["seccomp", "ambient", "threads", "filecaps"])
+def test_checks_same_on_compact_capability_records(role):
+    """The audit reads a scan in either capability format ("all"/"none" beside the masks, or
+    names) and comes to the same checks, observed names included."""
+    record = RECORDS["orchestrator"]
+    promised = component_policy(service_directives(record, 257, None), False)
+    component = {"name": "orchestrator", "unit": "kf-orchestrator.service", "threshold": 1.0}
+    names = ProcReader(str(FIX / "tree")).scan([ROLES[role]])
+    compact = ProcReader(str(FIX / "tree"), compact=True).scan([ROLES[role]])
+    words = {v for p in compact["processes"] for v in p["capabilities"].values()
+             if isinstance(v, str)}
+    assert words == ({"none"} if role != "ambient" else set())  # ambient holds no empty set
+    assert (component_checks(component, UNIT_OK, compact, promised)
+            == component_checks(component, UNIT_OK, names, promised))
