@@ -99,8 +99,8 @@ failed_checks:
   returned: always
   type: int
 failures:
-  description: The failed ones, as C(component: property), C(component: attack: attempt) or
-    C(component: control: attempt).
+  description: "The failed ones, as C(component: property), C(component: attack: attempt) or
+    C(component: control: attempt)."
   returned: always
   type: list
   elements: str
