@@ -12,6 +12,9 @@ cgroup, exe sha256 and file caps) and writes the result as JSON, both with outpu
 It prints the medians and their ratio and writes them to bench/results/proc_scan.json, with
 the same scan without the JSON encoding (reading /proc only) and the CPU time (user + system)
 of each, so the report can say where the ratio goes and a busy machine skews it less.
+The scan runs in both capability formats: names (every set as CAP_* names, the format of unit
+and PID scans) and compact (full and empty sets as "all"/"none" beside the raw masks, the
+default of a host-wide scan); each one's result size in bytes is reported beside its time.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ SCAN = (
     "import ProcReader\n"
     "sys.stdout.write(json.dumps(ProcReader().scan()))\n"
 )
+# The host-wide scan as process_isolation_info runs it by default (compact capability sets).
+SCAN_COMPACT = SCAN.replace("ProcReader().scan()", "ProcReader(compact=True).scan()")
 # The same fresh interpreter and import without the scan: the fixed start-up cost the ratio
 # includes (pscap is a C binary), reported so the per-process cost can be compared as well.
 STARTUP = SCAN.rsplit("sys.stdout.write", 1)[0]
@@ -68,24 +73,39 @@ def timed(argv: list[str], cpu: list[float] | None = None) -> float:
     return wall
 
 
+def result_bytes(script: str) -> int:
+    """Size in bytes of the JSON a scan script writes (one extra, untimed run)."""
+    done = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, check=True)
+    return len(done.stdout)
+
+
 def bench(count: int, runs: int, out: Path) -> None:
     pids = start_sleepers(count)
     try:
         seen = sum(1 for name in os.listdir("/proc") if name.isdigit())
-        pscap, scan, startup, read_only = [], [], [], []
-        cpu: dict[str, list[float]] = {"pscap": [], "scan": [], "read_only": []}
+        pscap, scan, startup, read_only, compact = [], [], [], [], []
+        cpu: dict[str, list[float]] = {"pscap": [], "scan": [], "read_only": [], "compact": []}
         timed(["pscap", "-a"])  # warm the dentry cache for both
         for _ in range(runs):
             pscap.append(timed(["pscap", "-a"], cpu["pscap"]))
             scan.append(timed([sys.executable, "-c", SCAN], cpu["scan"]))
             startup.append(timed([sys.executable, "-c", STARTUP]))
             read_only.append(timed([sys.executable, "-c", READ_ONLY], cpu["read_only"]))
+            compact.append(timed([sys.executable, "-c", SCAN_COMPACT], cpu["compact"]))
+        names_bytes, compact_bytes = result_bytes(SCAN), result_bytes(SCAN_COMPACT)
         cpu_median = {name: statistics.median(values) for name, values in cpu.items()}
         result = {
             "processes_in_namespace": seen, "runs": runs,
             "pscap_median_s": round(statistics.median(pscap), 3),
             "scan_median_s": round(statistics.median(scan), 3),
             "ratio": round(statistics.median(scan) / statistics.median(pscap), 2),
+            "scan_bytes": names_bytes,
+            # The compact report (process_isolation_info's default for a host scan).
+            "compact_median_s": round(statistics.median(compact), 3),
+            "ratio_compact": round(statistics.median(compact) / statistics.median(pscap), 2),
+            "compact_bytes": compact_bytes,
+            "bytes_ratio_compact": round(compact_bytes / names_bytes, 3),
             "startup_median_s": round(statistics.median(startup), 3),
             "ratio_without_startup": round((statistics.median(scan) - statistics.median(startup))
                                            / statistics.median(pscap), 2),
@@ -96,6 +116,7 @@ def bench(count: int, runs: int, out: Path) -> None:
             "cpu_ratio": round(cpu_median["scan"] / cpu_median["pscap"], 2),
             "cpu_ratio_read_only": round(cpu_median["read_only"] / cpu_median["pscap"], 2),
             "pscap_s": [round(t, 3) for t in pscap], "scan_s": [round(t, 3) for t in scan],
+            "compact_s": [round(t, 3) for t in compact],
             "kernel": platform.release(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
         }
@@ -108,8 +129,11 @@ def bench(count: int, runs: int, out: Path) -> None:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{seen} processes: pscap -a median {result['pscap_median_s']} s, "
           f"process_isolation scan median {result['scan_median_s']} s, "
-          f"ratio {result['ratio']} (limit 1.5); without the JSON {result['ratio_read_only']}; "
-          f"CPU time {result['cpu_ratio']} ({result['cpu_ratio_read_only']} without the JSON)")
+          f"ratio {result['ratio']}, {names_bytes} bytes; compact {result['compact_median_s']} s, "
+          f"ratio {result['ratio_compact']} (limit 1.5), {compact_bytes} bytes "
+          f"({result['bytes_ratio_compact']} of the names); without the JSON "
+          f"{result['ratio_read_only']}; CPU time {result['cpu_ratio']} "
+          f"({result['cpu_ratio_read_only']} without the JSON)")
 
 
 def main() -> None:

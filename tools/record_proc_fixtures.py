@@ -147,6 +147,10 @@ def record(out: str) -> None:
         for role, pid in roles.items():
             copy_process(pid, os.path.join(tree, str(pid)),
                          started["vanished"] if role == "vanished" else None)
+        # The kernel's highest capability: what a full capability set is (compact scans).
+        os.makedirs(os.path.join(tree, "sys/kernel"), exist_ok=True)
+        shutil.copyfile("/proc/sys/kernel/cap_last_cap",
+                        os.path.join(tree, "sys/kernel/cap_last_cap"))
         roles["oldkernel"] = 9000 + roles["seccomp"]
         derive_old_kernel(os.path.join(tree, str(roles["seccomp"])),
                           os.path.join(tree, str(roles["oldkernel"])))

@@ -5,13 +5,26 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import (
+    collection_version,
     html_report,
     junit_xml,
     validate_attacks,
 )
+
+# This file is plugins/filter/audit.py of the collection: its root is two levels up.
+COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _version() -> str:
+    """The version of the collection these filters run from (MANIFEST.json or galaxy.yml)."""
+    try:
+        return collection_version(COLLECTION_ROOT)["version"]
+    except ValueError as exc:
+        raise AnsibleFilterError(f"audit report: {exc}") from exc
 
 
 def _attacks(text):
@@ -25,11 +38,11 @@ def _attacks(text):
 
 
 def _junit(evidence):
-    return junit_xml(evidence)
+    return junit_xml(evidence, version=_version())
 
 
 def _html(evidences):
-    return html_report(list(evidences))
+    return html_report(list(evidences), version=_version())
 
 
 class FilterModule:

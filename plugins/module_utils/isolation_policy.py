@@ -23,6 +23,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     CAP_SETS,
     NAMESPACES,
+    capability_names,
 )
 
 POLICY_KEYS = ("capabilities", "no_new_privs", "seccomp", "private_namespaces", "forbidden_uids")
@@ -72,7 +73,8 @@ def _thread_diffs(process: dict, thread: dict, policy: dict) -> list[dict]:
     diffs = []
     tid = thread.get("tid")
     for name, allowed in policy["capabilities"].items():
-        observed = thread["capabilities"].get(name)
+        # Names, whether the record lists them or says "all"/"none" beside its raw masks.
+        observed = capability_names(thread, name)
         if observed is None:
             diffs.append(_diff(process, tid, f"capabilities.{name}", allowed,
                                "not shown by this kernel"))

@@ -14,6 +14,16 @@ recorded beside it as `exe.sha256` and `exe.security.capability` (raw xattr byte
 Processes exit while they are scanned: a process whose directory disappears is reported as
 vanished, never as an error. A field the running kernel does not have (Seccomp_filters before
 5.9, a namespace type it lacks) is None and listed in `missing`.
+
+Capability sets come in two formats. By default each set is a list of names. With `compact`
+(a host-wide scan, where the names are most of the report), a set that holds every capability
+the running kernel has is the word ALL_CAPS ("all"), an empty set the word NO_CAPS ("none"),
+and any other set a list of names. "Every capability the kernel has" is bits 0 to
+`<root>/sys/kernel/cap_last_cap` of the target, not the name table (a newer kernel has more
+capabilities than the table names; they show as cap_N) and not PID 1's bounding set (reduced
+in a container); when cap_last_cap cannot be read no set is called "all". Either way each
+record also has `capability_masks`: the raw hex masks as the kernel shows them, and
+`capability_names` turns a record of either format back into names.
 """
 
 from __future__ import annotations
@@ -38,6 +48,10 @@ CAP_XATTR = "security.capability"
 VFS_CAP_REVISION_MASK = 0xFF000000
 VFS_CAP_FLAGS_EFFECTIVE = 0x000001
 VFS_CAP_REVISIONS = {0x01000000: 1, 0x02000000: 2, 0x03000000: 2}
+
+
+ALL_CAPS = "all"
+NO_CAPS = "none"
 
 
 class Vanished(Exception):
@@ -67,6 +81,34 @@ def cap_names(mask: int) -> list[str]:
     if len(_CAP_NAMES_CACHE) < 4096:
         _CAP_NAMES_CACHE[key] = names
     return names
+
+
+def read_cap_last_cap(root: str = "/proc") -> int | None:
+    """The highest capability number the kernel behind a /proc root knows (None: unreadable)."""
+    text = _read_text(f"{root.rstrip('/')}/sys/kernel/cap_last_cap")
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def capability_names(record: dict, cap_set: str) -> list[str] | None:
+    """A thread or process record's capability set as names, whichever format it is in.
+
+    The raw mask decides when the record has it; a record without masks must list names or
+    say "none" (an "all" without its mask cannot be expanded: ValueError names the set).
+    None: the kernel does not show the set.
+    """
+    mask = (record.get("capability_masks") or {}).get(cap_set)
+    if mask is not None:
+        return cap_names(int(mask, 16))
+    value = (record.get("capabilities") or {}).get(cap_set)
+    if value is None or isinstance(value, list):
+        return value
+    if value == NO_CAPS:
+        return []
+    raise ValueError(f"capabilities.{cap_set} is {value!r} without capability_masks.{cap_set}; "
+                     "Fix: keep the masks the scan returns beside the compact sets")
 
 
 def decode_file_caps(raw: bytes) -> dict:
@@ -113,8 +155,13 @@ def _ids(value: str | None) -> dict | None:
     return {"real": real, "effective": effective, "saved": saved, "fs": fs}
 
 
-def thread_isolation(fields: dict[str, str]) -> dict:
-    """Credentials, capabilities, NoNewPrivs and seccomp of one thread's status fields."""
+def thread_isolation(fields: dict[str, str], compact: bool = False,
+                     full_mask: int | None = None) -> dict:
+    """Credentials, capabilities, NoNewPrivs and seccomp of one thread's status fields.
+
+    compact: a full set (equal to full_mask, every capability the kernel has) is "all", an
+    empty one "none"; without full_mask only "none" is used. The raw masks are always kept.
+    """
     missing = []
 
     def get(key: str) -> str | None:
@@ -123,10 +170,21 @@ def thread_isolation(fields: dict[str, str]) -> dict:
             missing.append(key)
         return value
 
-    caps = {}
+    caps: dict[str, list[str] | str | None] = {}
+    masks: dict[str, str | None] = {}
     for key, name in CAP_SETS.items():
         value = get(key)
-        caps[name] = None if value is None else cap_names(int(value, 16))
+        masks[name] = value
+        if value is None:
+            caps[name] = None
+            continue
+        mask = int(value, 16)
+        if compact and mask == 0:
+            caps[name] = NO_CAPS
+        elif compact and full_mask is not None and mask == full_mask:
+            caps[name] = ALL_CAPS
+        else:
+            caps[name] = cap_names(mask)
     groups = get("Groups")
     nnp = get("NoNewPrivs")
     mode = get("Seccomp")
@@ -136,6 +194,7 @@ def thread_isolation(fields: dict[str, str]) -> dict:
         "gids": _ids(get("Gid")),
         "groups": None if groups is None else [int(g) for g in groups.split()],
         "capabilities": caps,
+        "capability_masks": masks,
         "no_new_privs": None if nnp is None else nnp == "1",
         "seccomp": {"mode": None if mode is None else SECCOMP_MODES.get(int(mode), mode),
                     "filters": None if filters is None else int(filters)},
@@ -167,8 +226,11 @@ def status_key(text: str) -> tuple | None:
 class StatusCache:
     """thread_isolation results by status_key; the results are shared, never modified."""
 
-    def __init__(self, limit: int = 4096) -> None:
+    def __init__(self, limit: int = 4096, compact: bool = False,
+                 full_mask: int | None = None) -> None:
         self.limit = limit
+        self.compact = compact
+        self.full_mask = full_mask
         self.results: dict[tuple, dict] = {}
 
     def isolation(self, text: str) -> tuple[dict[str, str], dict]:
@@ -178,7 +240,7 @@ class StatusCache:
         if cached is not None:
             return _name_fields(text), cached
         fields = parse_status(text)
-        result = thread_isolation(fields)
+        result = thread_isolation(fields, self.compact, self.full_mask)
         if key is not None and len(self.results) < self.limit:
             self.results[key] = result
         return fields, result
@@ -207,13 +269,17 @@ class ProcReader:
 
     The hot path uses raw os.open/os.read and readlink: a host scan reads about fifteen /proc
     entries per process, and their cost, not Python's, should dominate (see bench/).
+    compact: report full and empty capability sets as "all" and "none" (module docstring).
     """
 
-    def __init__(self, root: str = "/proc") -> None:
+    def __init__(self, root: str = "/proc", compact: bool = False) -> None:
         self.root = root.rstrip("/") or "/"
+        self.compact = compact
+        self.cap_last_cap = read_cap_last_cap(self.root)
+        full_mask = None if self.cap_last_cap is None else (1 << (self.cap_last_cap + 1)) - 1
         self._digests: dict[tuple, tuple[str | None, bytes | None]] = {}
         self._init_ns: dict[str, str | None] | None = None
-        self._status = StatusCache()
+        self._status = StatusCache(compact=compact, full_mask=full_mask)
         self._cgroups: dict[str, tuple[list[str], str | None]] = {}
         self._shared_ns: dict[tuple, list[str]] = {}
 
@@ -374,6 +440,7 @@ class ProcReader:
         return {
             "pid": pid, "name": status.get("Name"), "ppid": _int(status.get("PPid")),
             **{k: main[k] for k in THREAD_FIELDS},
+            "capability_masks": main["capability_masks"],
             "missing": main["missing"],
             "namespaces": ns,
             "namespaces_shared_with_init": shared_ns,

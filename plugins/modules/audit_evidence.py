@@ -21,6 +21,9 @@ description:
   - Also the versions an auditor asks for, kernel, systemd, libseccomp and cosign.
   - Never changes the host and never reports C(changed); a failed check does not fail the
     module (the report shows it), a component model that does not validate does.
+  - RV(failed_checks) counts every failed check, attack attempt that got through (or did not
+    end as expected) and failed control, judged as the HTML report and the JUnit XML judge
+    them.
 author: kernelfence contributors (@kernelfence)
 attributes:
   check_mode:
@@ -44,7 +47,9 @@ options:
     type: str
   attacks:
     description: Attack results for this host to carry in the evidence, a list of
-      C({component, attempt, expected, observed, errno, passed}).
+      C({component, attempt, expected, observed, errno, passed}) with an optional C(control)
+      (true for something the component must still be able to do) and C(baseline).
+      An entry passes only when C(passed) is true and C(observed) equals C(expected).
     type: list
     elements: dict
     default: []
@@ -67,6 +72,9 @@ evidence:
     host:
       description: Host name.
       type: str
+    collected_at:
+      description: When the evidence was read (UTC, ISO 8601).
+      type: str
     versions:
       description: The kernel, systemd, libseccomp and cosign versions (null when not installed).
       type: dict
@@ -87,9 +95,15 @@ evidence:
       type: list
       elements: dict
 failed_checks:
-  description: How many checks did not pass.
+  description: How many checks, attack attempts and controls did not pass.
   returned: always
   type: int
+failures:
+  description: "The failed ones, as C(component: property), C(component: attack: attempt) or
+    C(component: control: attempt)."
+  returned: always
+  type: list
+  elements: str
 """
 
 import os
@@ -99,6 +113,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import (
     component_checks,
     component_policy,
+    module_result,
     validate_attacks,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
@@ -213,8 +228,7 @@ def main():
             failing=facts["failing"], pids=[p["pid"] for p in scan["processes"]],
             policy=promised["policy"]))
         evidence["processes"][record["name"]] = scan["processes"]
-    failed = sum(1 for c in evidence["checks"] if not c["passed"])
-    module.exit_json(changed=False, evidence=evidence, failed_checks=failed)
+    module.exit_json(**module_result(evidence))
 
 
 if __name__ == "__main__":

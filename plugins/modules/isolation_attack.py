@@ -82,7 +82,8 @@ rows:
   elements: dict
 attacks:
   description: The rows in the audit report's attack format (component, attempt, expected,
-    observed, errno, passed).
+    observed, errno, passed, control, baseline); C(control) is true for the controls (what
+    the component must still be able to do).
   returned: success
   type: list
   elements: dict
@@ -296,7 +297,7 @@ def run(module: AnsibleModule) -> dict:
     attacks = [{"component": attacker["name"], "attempt": r["attempt"],
                 "expected": r["expected"], "observed": r["observed"],
                 "errno": r["observed"] if r["observed"].startswith("E") else None,
-                "passed": r["passed"], "baseline": r.get("baseline")}
+                "passed": r["passed"], "control": r["control"], "baseline": r.get("baseline")}
                for r in judged["rows"]]
     return {"changed": False, "summary": judged["summary"], "rows": judged["rows"],
             "attacks": attacks, "units": texts, "identity": confined.get("identity"),

@@ -18,6 +18,11 @@ description:
   - Per process, the namespace ids and which of them are PID 1's, the cgroup and systemd unit,
     the executable's path, sha256 and file capabilities (the C(security.capability) xattr,
     decoded).
+  - With O(compact_capabilities) a capability set that holds every capability the running
+    kernel has is the word C(all), an empty set the word C(none), and any other set a list of
+    names; the raw hex masks are in C(capability_masks) in either format. On by default for a
+    host-wide scan (O(all), or neither O(units) nor O(pids)), where the names are most of the
+    result, off for units and PIDs.
   - A process that exits during the scan is listed in RV(vanished); a field the kernel does not
     have (C(Seccomp_filters) before Linux 5.9, time namespaces before 5.6) is null and named in
     the process's C(missing) list.
@@ -48,6 +53,17 @@ options:
     description: Read every process. Used when neither O(units) nor O(pids) is given.
     type: bool
     default: false
+  compact_capabilities:
+    description:
+      - Report a full capability set as C(all) and an empty one as C(none) instead of listing
+        names; any other set stays a list of names, and C(capability_masks) always has the
+        raw masks.
+      - Full means every capability of the target's kernel, bits 0 to
+        C(<proc_root>/sys/kernel/cap_last_cap), not the names this collection knows (a newer
+        kernel has more; they show as C(cap_N)) and not PID 1's bounding set (reduced in a
+        container). When C(cap_last_cap) cannot be read no set is called C(all).
+      - Default (unset) is on for a host-wide scan and off when O(units) or O(pids) are given.
+    type: bool
   threads:
     description: Return the per-thread records (always read; a difference between threads is
       reported in C(threads_differ) either way).
@@ -65,10 +81,15 @@ EXAMPLES = r"""
     units: [kf-executor.service]
   register: executor
 
-- name: Every process of the host, without per-thread records
+- name: Every process of the host, without per-thread records (compact capability sets)
   kernelfence.isolation.process_isolation_info:
     all: true
     threads: false
+
+- name: Every process of the host with every capability set as names
+  kernelfence.isolation.process_isolation_info:
+    all: true
+    compact_capabilities: false
 """
 
 RETURN = r"""
@@ -98,9 +119,18 @@ processes:
       type: list
       elements: int
     capabilities:
-      description: The five capability sets of the main thread as C(CAP_*) names.
+      description: The five capability sets of the main thread as C(CAP_*) names (bits this
+        collection has no name for as C(cap_N)); with O(compact_capabilities) a full set is
+        C(all) and an empty one C(none).
       type: dict
       sample: {effective: [], permitted: [], inheritable: [], bounding: [], ambient: []}
+    capability_masks:
+      description: The five capability sets of the main thread as the kernel shows them in
+        C(/proc/PID/status) (hex, bit N is capability N), in either format.
+      type: dict
+      sample: {effective: "0000000000000000", permitted: "0000000000000000",
+               inheritable: "0000000000000000", bounding: "000001ffffffffff",
+               ambient: "0000000000000000"}
     no_new_privs:
       description: NoNewPrivs of the main thread.
       type: bool
@@ -139,6 +169,18 @@ processes:
       description: What could not be read and why.
       type: list
       elements: str
+capability_format:
+  description: C(compact) when full and empty sets are the words C(all) and C(none),
+    C(names) when every set is a list of names.
+  returned: always
+  type: str
+  sample: compact
+cap_last_cap:
+  description: The highest capability number of the target's kernel
+    (C(<proc_root>/sys/kernel/cap_last_cap)), null when it cannot be read.
+  returned: always
+  type: int
+  sample: 40
 vanished:
   description: PIDs that exited while they were being read.
   returned: always
@@ -164,13 +206,18 @@ def main():
             "units": {"type": "list", "elements": "str", "default": []},
             "pids": {"type": "list", "elements": "int", "default": []},
             "all": {"type": "bool", "default": False},
+            "compact_capabilities": {"type": "bool"},
             "threads": {"type": "bool", "default": True},
             "proc_root": {"type": "path", "default": "/proc"},
         },
         supports_check_mode=True,
     )
     params = module.params
-    reader = ProcReader(params["proc_root"])
+    host_wide = params["all"] or not (params["units"] or params["pids"])
+    compact = params["compact_capabilities"]
+    if compact is None:
+        compact = host_wide
+    reader = ProcReader(params["proc_root"], compact=compact)
     units = {}
     pids = list(params["pids"])
     if params["units"]:
@@ -183,16 +230,15 @@ def main():
             units[unit] = {"control_group": control_group, "pids": found}
             pids.extend(found)
     try:
-        if params["all"] or not (params["units"] or params["pids"]):
-            result = reader.scan()
-        else:
-            result = reader.scan(sorted(set(pids)))
+        result = reader.scan() if host_wide else reader.scan(sorted(set(pids)))
     except OSError as exc:
         module.fail_json(msg=f"proc_root: cannot read {params['proc_root']}: {exc}")
     if not params["threads"]:
         for process in result["processes"]:
             process.pop("threads")
-    module.exit_json(changed=False, units=units, **result)
+    module.exit_json(changed=False, units=units,
+                     capability_format="compact" if compact else "names",
+                     cap_last_cap=reader.cap_last_cap, **result)
 
 
 if __name__ == "__main__":

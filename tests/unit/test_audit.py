@@ -1,16 +1,24 @@
 """The audit: policy from a unit's directives, checks on the recorded /proc tree, reports."""
 
+import calendar
+import html
 import json
+import re
+import time
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 import yaml
+from ansible.template import Templar, trust_as_template
 from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import (
+    collection_version,
     component_checks,
     component_policy,
     html_report,
+    judge_attack,
     junit_xml,
+    module_result,
     validate_attacks,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
@@ -155,3 +163,175 @@ def test_html_has_matrix_exposure_and_attacks():
 def test_bad_attack_results_name_the_entry(attacks, message):
     with pytest.raises(ValueError, match=message):
         validate_attacks(attacks)
+
+
+# -- one verdict for every output (issue 16 item 8) --------------------------------------------
+# Evidence built here, one case per class: an attack attempt that got through, a control that
+# failed, both, neither; and an entry that says passed while its outcome is not the expected one.
+# The rows have the shape isolation_attack returns (control: true for its controls).
+
+PLAYBOOK = yaml.safe_load((REPO / "playbooks/audit.yml").read_text())
+ASSERT = next(t["ansible.builtin.assert"] for t in PLAYBOOK[0]["tasks"]
+              if "ansible.builtin.assert" in t)
+
+BLOCKED = {"component": "executor", "attempt": "read the orchestrator's signing key",
+           "expected": "EACCES", "observed": "EACCES", "errno": "EACCES", "passed": True,
+           "control": False}
+GOT_THROUGH = {"component": "executor", "attempt": "connect to the model backend's socket",
+               "expected": "EACCES", "observed": "OK", "errno": None, "passed": False,
+               "control": False}
+CONTROL_OK = {"component": "executor", "attempt": "read its own data /var/lib/kf-executor/x",
+              "expected": "OK", "observed": "OK", "errno": None, "passed": True, "control": True}
+CONTROL_FAILED = {"component": "executor", "attempt": "open a TCP socket", "expected": "OK",
+                  "observed": "EPERM", "errno": "EPERM", "passed": False, "control": True}
+SAYS_PASSED = dict(GOT_THROUGH, attempt="ptrace the orchestrator", passed=True)
+
+GREEN_CHECKS = [
+    {"component": "executor", "unit": "kf-executor.service", "property": "active",
+     "command": "systemctl show --property=ActiveState kf-executor.service",
+     "expected": "active", "observed": "active", "passed": True},
+    {"component": "executor", "unit": "kf-executor.service", "property": "caps effective",
+     "command": "/proc/PID/status of every thread of kf-executor.service", "expected": [],
+     "observed": [], "passed": True},
+]
+
+VERDICT_CASES = {
+    "neither": ([BLOCKED, CONTROL_OK], []),
+    "attack-got-through": ([BLOCKED, GOT_THROUGH, CONTROL_OK],
+                           ["executor: attack: connect to the model backend's socket"]),
+    "control-failed": ([BLOCKED, CONTROL_OK, CONTROL_FAILED],
+                       ["executor: control: open a TCP socket"]),
+    "both": ([GOT_THROUGH, CONTROL_FAILED],
+             ["executor: attack: connect to the model backend's socket",
+              "executor: control: open a TCP socket"]),
+    "says-passed-but-got-through": ([SAYS_PASSED], ["executor: attack: ptrace the orchestrator"]),
+}
+
+
+def built_evidence(attacks: list[dict]) -> dict:
+    return {"host": "kf12", "collected_at": "2026-12-08T01:00:00Z",
+            "versions": {"kernel": "6.1.0", "systemd": "systemd 252 (252.38)",
+                         "libseccomp": "2.5.4-1", "cosign": None},
+            "components": [{"name": "executor", "unit": "kf-executor.service", "threshold": 1.0,
+                            "exposure": 0.9, "band": "SAFE", "failing": []}],
+            "checks": [dict(c) for c in GREEN_CHECKS], "attacks": validate_attacks(attacks)}
+
+
+def summary(page: str) -> str:
+    return re.search(r'<div class="summary">(.*?)</div>', page).group(1)
+
+
+@pytest.mark.parametrize(("attacks", "failures"), VERDICT_CASES.values(), ids=VERDICT_CASES)
+def test_html_junit_and_fail_flag_agree(attacks, failures):
+    evidence = built_evidence(attacks)
+    page = html_report([evidence])
+    junit = ElementTree.fromstring(junit_xml(evidence))
+    result = module_result(evidence)
+    assert result["failures"] == failures
+    assert result["failed_checks"] == len(failures) == int(junit.get("failures"))
+    if failures:
+        assert f'<span class="bad">{len(failures)} failed</span>' in summary(page)
+        assert "all passed" not in page
+    else:
+        assert '<span class="good">all passed</span>' in summary(page)
+    junit_failed = sorted(f"{s.get('name').split('.', 1)[1]}: {c.get('name')}"
+                          for s in junit.findall("testsuite") for c in s.findall("testcase")
+                          if c.find("failure") is not None)
+    assert junit_failed == sorted(failures)
+    # The playbook's kernelfence_audit_fail acts on the same count and names the failures.
+    templar = Templar(variables={"__kernelfence_audit": result, "kernelfence_audit_fail": True,
+                                 "inventory_hostname": "kf12", "__kernelfence_audit_dir": "a"})
+    assert templar.evaluate_conditional(trust_as_template(ASSERT["that"])) is (not failures)
+    message = templar.template(trust_as_template(ASSERT["fail_msg"]))
+    assert all(name in message for name in failures), message
+
+
+def test_attack_rows_say_what_happened():
+    page = html_report([built_evidence([BLOCKED, GOT_THROUGH, CONTROL_OK, CONTROL_FAILED])])
+    rows = re.findall(r"<tr>.*?</tr>", page.split("<h2>Attack matrix</h2>", 1)[1])
+    results = [re.search(r'<td class="(pass|fail)">([^<]*)', r).groups() for r in rows[1:]]
+    assert results == [("pass", "blocked"), ("fail", "NOT blocked"), ("pass", "works"),
+                       ("fail", "control FAILED")]
+
+
+def test_contradicting_entry_is_a_failure_with_its_reason():
+    item = judge_attack(SAYS_PASSED)
+    assert item["passed"] is False and item["label"] == "NOT blocked"
+    assert item["reason"] == "marked passed, but the observed outcome is not the expected one"
+    root = ElementTree.fromstring(junit_xml(built_evidence([SAYS_PASSED])))
+    assert "not the expected one" in root.find("testsuite/testcase/failure").get("message")
+
+
+def test_control_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"\[0\].control must be true or false"):
+        validate_attacks([dict(CONTROL_OK, control="yes")])
+
+
+# -- when, by what, and the failures in print (issue 16 item 9) --------------------------------
+
+GALAXY_VERSION = yaml.safe_load((REPO / "galaxy.yml").read_text())["version"]
+
+
+def test_report_says_when_and_which_collection_version_made_it():
+    from ansible_collections.kernelfence.isolation.plugins.filter.audit import FilterModule
+
+    filters = FilterModule().filters()
+    before = time.time()
+    page = filters["audit_html"]([evidence("kf12", "seccomp")])
+    stamp = re.search(r'Generated <time datetime="([^"]+)">\1</time> \(UTC\) by '
+                      r"kernelfence.isolation ([^;]+);", page)
+    assert stamp, summary(page)
+    made = calendar.timegm(time.strptime(stamp.group(1), "%Y-%m-%dT%H:%M:%SZ"))
+    assert before - 2 <= made <= time.time() + 1
+    assert stamp.group(2) == GALAXY_VERSION
+    assert "collected 2026-12-08T01:00:00Z" in html_report([built_evidence([])])
+    junit = ElementTree.fromstring(filters["audit_junit"](built_evidence([])))
+    props = {p.get("name"): p.get("value") for p in junit.iter("property")}
+    assert props == {"collected_at": "2026-12-08T01:00:00Z",
+                     "collection_version": GALAXY_VERSION}
+
+
+def test_version_comes_from_the_manifest_then_galaxy_yml(tmp_path):
+    (tmp_path / "galaxy.yml").write_text("namespace: kernelfence\nname: isolation\n"
+                                         "version: 3.4.5\n")
+    assert collection_version(str(tmp_path))["version"] == "3.4.5"
+    (tmp_path / "MANIFEST.json").write_text(json.dumps(
+        {"collection_info": {"namespace": "kernelfence", "name": "isolation",
+                             "version": "3.4.6"}}))
+    assert collection_version(str(tmp_path)) == {"version": "3.4.6",
+                                                 "source": str(tmp_path / "MANIFEST.json")}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"neither .*MANIFEST\.json nor .*galaxy\.yml"):
+        collection_version(str(empty))
+
+
+def test_failed_cell_shows_expected_and_observed_without_hover():
+    page = html_report([evidence("kf12", "seccomp")])
+    printed = re.sub(r'\stitle="[^"]*"', "", page)  # what a printout keeps
+    cells = re.findall(r'<td class="fail"><a href="#(failure-\d+)">✘<sup>(\d+)</sup>', printed)
+    failing = [c for c in checks_for("seccomp").values() if not c["passed"]]
+    assert len(cells) == len(failing) == 10
+    for (anchor, number), check in zip(cells, failing, strict=True):
+        row = re.search(rf'<tr id="{anchor}"><td>{number}</td>(.*?)</tr>', printed).group(1)
+        assert html.escape(check["property"]) in row
+        expected = check["expected"] if isinstance(check["expected"], str) \
+            else json.dumps(check["expected"])
+        assert f'<td class="text expected">{html.escape(expected)}</td>' in row
+        assert html.escape(json.dumps(check["observed"])) in row
+
+
+@pytest.mark.parametrize("role", ["seccomp", "ambient", "threads", "filecaps"])
+def test_checks_same_on_compact_capability_records(role):
+    """The audit reads a scan in either capability format ("all"/"none" beside the masks, or
+    names) and comes to the same checks, observed names included."""
+    record = RECORDS["orchestrator"]
+    promised = component_policy(service_directives(record, 257, None), False)
+    component = {"name": "orchestrator", "unit": "kf-orchestrator.service", "threshold": 1.0}
+    names = ProcReader(str(FIX / "tree")).scan([ROLES[role]])
+    compact = ProcReader(str(FIX / "tree"), compact=True).scan([ROLES[role]])
+    words = {v for p in compact["processes"] for v in p["capabilities"].values()
+             if isinstance(v, str)}
+    assert words == ({"none"} if role != "ambient" else set())  # ambient holds no empty set
+    assert (component_checks(component, UNIT_OK, compact, promised)
+            == component_checks(component, UNIT_OK, names, promised))

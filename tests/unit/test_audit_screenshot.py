@@ -2,9 +2,14 @@
 
 chromium is a controller package the harness installs (tools/kflab/setup.py APT_COMMANDS).
 The screenshot is decoded here (PNG, no imaging library) and its colours counted: the matrix
-must show green and red cells in proportion to the checks, on a page that is not blank.
+must show green and red cells in proportion to the checks, on a page that is not blank. At
+1000 px the layout is measured by chromium itself (a script added to a copy of the page, its
+result read with --dump-dom): nothing scrolls sideways and no grid cell cuts its content.
 """
 
+import html
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -57,7 +62,7 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     return width, height, [bytes(r[i:i + 3]) for r in rows for i in range(0, stride, bpp)]
 
 
-def screenshot(page: str, tmp_path: Path) -> Path:
+def screenshot(page: str, tmp_path: Path, width: int = 1400) -> Path:
     chromium = shutil.which("chromium")
     assert chromium, "chromium is not installed: run ./kf setup (tools/kflab/setup.py installs it)"
     (tmp_path / "report.html").write_text(page)
@@ -65,7 +70,7 @@ def screenshot(page: str, tmp_path: Path) -> Path:
     profile.mkdir()
     shot = tmp_path / "shot.png"
     subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                    "--window-size=1400,900", f"--screenshot={shot}",
+                    f"--window-size={width},900", f"--screenshot={shot}",
                     (tmp_path / "report.html").as_uri()],
                    check=True, timeout=120, capture_output=True)
     return shot
@@ -94,7 +99,87 @@ def test_report_renders_green_and_red_matrix(tmp_path):
 def test_all_green_report_has_no_red_cells(tmp_path):
     evidence = test_audit.evidence("kf12", "seccomp")
     evidence["checks"] = [dict(c, passed=True) for c in evidence["checks"]]
-    evidence["attacks"] = [dict(a, passed=True) for a in evidence["attacks"]]
+    # Honest green attack rows: blocked as expected (an entry that says passed while its
+    # observed outcome is not the expected one is judged a failure).
+    evidence["attacks"] = [dict(a, passed=True, observed=a["expected"])
+                           for a in evidence["attacks"]]
     _w, _h, pixels = decode_png(screenshot(html_report([evidence]), tmp_path).read_bytes())
     assert sum(1 for p in pixels if p == bytes(RED)) == 0
     assert sum(1 for p in pixels if p == bytes(GREEN)) > 250 * len(evidence["checks"])
+
+
+# Measured in the page by chromium itself (no pixel guessing): the window's width, how far the
+# document scrolls sideways, each table's right edge, and every grid cell whose content is
+# wider than the cell (cut or spilling) or whose text is smaller than 10 px.
+MEASURE = """<script>
+const out = {width: window.innerWidth, scroll: document.documentElement.scrollWidth,
+             tables: [], cut: [], small: []};
+document.querySelectorAll("table").forEach((t, i) => {
+  out.tables.push({index: i, right: Math.ceil(t.getBoundingClientRect().right)});
+});
+const grid = document.querySelector("table");
+grid.querySelectorAll("th, td").forEach(cell => {
+  const box = cell.getBoundingClientRect();
+  const text = cell.textContent.trim();
+  if (cell.scrollWidth > cell.clientWidth + 1) out.cut.push(text);
+  cell.querySelectorAll("*").forEach(inner => {
+    const r = inner.getBoundingClientRect();
+    if (r.left < box.left - 1 || r.right > box.right + 1 || r.top < box.top - 1
+        || r.bottom > box.bottom + 1) out.cut.push(text);
+  });
+  if (parseFloat(getComputedStyle(cell).fontSize) < 10) out.small.push(text);
+});
+document.body.innerHTML = '<pre id="measure">' + JSON.stringify(out) + "</pre>";
+</script>"""
+
+
+def measure(page: str, tmp_path: Path, width: int) -> dict:
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is not installed: run ./kf setup (tools/kflab/setup.py installs it)"
+    target = tmp_path / f"measure-{width}.html"
+    target.write_text(page.replace("</body>", MEASURE + "</body>"))
+    profile = tmp_path / f"profile-{width}"
+    profile.mkdir()
+    done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                           f"--window-size={width},900", "--dump-dom", target.as_uri()],
+                          check=True, timeout=120, capture_output=True, text=True)
+    found = re.search(r'<pre id="measure">(.*?)</pre>', done.stdout)
+    assert found, done.stdout[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def wide_evidences() -> list[dict]:
+    """Three hosts with long names, 252 (wrapper: the extra PID namespace column) and 257, the
+    failing recorded processes (every failed cell carries a footnote number)."""
+    evidences = []
+    for host, role in (("kf-debian12-lab-01.example.internal", "seccomp"),
+                       ("kf-debian13-lab-02.example.internal", "ambient"),
+                       ("kf-debian12-lab-03.example.internal", "threads")):
+        evidence = test_audit.evidence(host, role)
+        wrapper = dict(evidence["checks"][0], property="ns pid (workload)",
+                       command="readlink /proc/PID/ns/pid (vs PID 1)", passed=False,
+                       expected="workload in a private PID namespace", observed=[])
+        evidence["checks"] = [dict(c, component="model_backend_inference_server")
+                              for c in [*evidence["checks"], wrapper]]
+        evidences.append(evidence)
+    return evidences
+
+
+def test_grid_fits_a_1000px_window(tmp_path):
+    evidences = wide_evidences()
+    got = measure(html_report(evidences), tmp_path, 1000)
+    assert got["width"] == 1000, got
+    assert got["scroll"] <= got["width"], f"the page scrolls sideways: {got['scroll']} px"
+    assert all(t["right"] <= got["width"] for t in got["tables"]), got["tables"]
+    assert got["cut"] == [], f"grid cells whose content does not fit: {got['cut']}"
+    assert got["small"] == [], f"grid text under 10 px: {got['small']}"
+
+
+def test_grid_at_1000px_still_shows_the_cells(tmp_path):
+    """The measured layout is the one a person sees: the screenshot at 1000 px has the cells."""
+    evidences = wide_evidences()
+    width, _h, pixels = decode_png(screenshot(html_report(evidences), tmp_path, 1000)
+                                   .read_bytes())
+    assert width == 1000
+    failed = sum(not c["passed"] for e in evidences for c in e["checks"])
+    assert sum(1 for p in pixels if p == bytes(RED)) > 150 * failed

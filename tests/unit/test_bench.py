@@ -77,7 +77,7 @@ def test_goals_met_and_missed_with_their_measured_ratios():
 def test_goals_not_measured_are_none_never_met():
     got = report.goals(_table(0.01, 0.06, 1.01, 0.5, 0.6), None, [], None)
     # cargo audit under one second: the job-overhead goal does not apply, so it is not judged.
-    assert [g["met"] for g in got] == [True, None, None, None, None]
+    assert [g["met"] for g in got] == [True, None, None, None, None, None]
     no_podman = report.goals({"trivial": {"bare": {"median": 0.01},
                                           "hardened": {"median": 0.05}}}, None, [], None)
     assert no_podman[0]["met"] is None and no_podman[0]["measured"] is None
@@ -137,6 +137,24 @@ def test_markdown_has_every_measured_row_and_the_goals():
     assert text.count("| n/a | - |") == 1  # the older scan
     assert "| 10001 |" in text and "| 1.21 | 2.1 (1.3) |" in text
     assert "| process scan / pscap -a (worst size) | 1.5 |" in text
+
+
+def test_scan_reports_result_bytes_beside_the_time():
+    """A run of this bench version: both formats' times and result sizes, and the goals judged
+    on the compact report (issue 20: the scan goal is with the compact report)."""
+    scan = json.loads((FIXTURES / "proc_scan_1000_bytes.json").read_text())
+    text = report.markdown({"date": scan["date"], "machine": "test", "scan": [scan]})
+    row = next(line for line in text.splitlines()
+               if line.startswith(f"| {scan['processes_in_namespace']} |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:6] == [str(scan["scan_median_s"]), str(scan["ratio"]),
+                          str(scan["scan_bytes"])]
+    assert cells[-3:] == [str(scan["compact_median_s"]), str(scan["ratio_compact"]),
+                          f"{scan['compact_bytes']} ({scan['bytes_ratio_compact']:g})"]
+    got = {g["goal"]: g for g in report.goals(None, None, [scan], None)}
+    assert got["process scan / pscap -a (worst size)"]["measured"] == scan["ratio_compact"]
+    size = got["compact scan bytes / names scan bytes (worst size)"]
+    assert size["measured"] == scan["bytes_ratio_compact"] and size["limit"] == 0.1
 
 
 def test_timing_callback_counts_loop_items_and_skips(tmp_path):

@@ -58,3 +58,32 @@ def test_diff_names_field_expected_and_observed():
 def test_bad_policy_names_the_field(policy, message):
     with pytest.raises(PolicyError, match=message):
         normalize_policy(policy)
+
+
+COMPACT = ProcReader(str(FIX / "tree"), compact=True)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_policy_case_same_verdict_on_compact_records(case):
+    """A compact scan ("all"/"none" beside the raw masks) is judged exactly as the names one."""
+    names = compare([READER.process(ROLES[case["role"]])], normalize_policy(case["policy"]))
+    compact = compare([COMPACT.process(ROLES[case["role"]])], normalize_policy(case["policy"]))
+    assert compact == names
+
+
+def test_full_set_said_as_all_is_still_a_violation(tmp_path):
+    """A root process with every capability of the kernel: "all" in the record, every name in
+    the violation (the word is never compared as a name)."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(FIX / "tree", tree)
+    status = tree / str(ROLES["seccomp"]) / "status"
+    status.write_text(status.read_text().replace("000001fffeffffff", "000001ffffffffff"))
+    process = ProcReader(str(tree), compact=True).process(ROLES["seccomp"])
+    assert process["capabilities"]["bounding"] == "all"
+    assert process["capabilities"]["ambient"] == "none"
+    diffs = compare([process], normalize_policy({"capabilities": {"bounding": ["CAP_NET_RAW"],
+                                                                  "ambient": []}}))
+    assert [d["field"] for d in diffs] == ["capabilities.bounding"]
+    assert len(diffs[0]["observed"]) == 41 and "CAP_SYS_RESOURCE" in diffs[0]["observed"]

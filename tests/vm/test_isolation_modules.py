@@ -56,6 +56,26 @@ def test_info_reports_what_proc_shows(host, run):
             assert record["exe"]["file_capabilities"] is None
 
 
+def test_host_scan_is_compact_against_the_guest_kernel(host, run):
+    """all: true reports full and empty sets as words, judged against the guest kernel's
+    cap_last_cap; the masks are /proc's; unit scans (info above) keep names."""
+    scan, info = run["results"]["scan"], run["results"]["info"]
+    assert scan["capability_format"] == "compact" and info["capability_format"] == "names"
+    last = int(host.run("cat /proc/sys/kernel/cap_last_cap").stdout)
+    assert scan["cap_last_cap"] == last
+    init = next(p for p in scan["processes"] if p["pid"] == 1)
+    status = proc_status(host, 1)[0]
+    assert init["capability_masks"]["bounding"] == status["CapBnd"]
+    # systemd as PID 1 holds every capability of the kernel: one word, not 41 names.
+    assert int(status["CapBnd"], 16) == (1 << (last + 1)) - 1
+    assert init["capabilities"]["bounding"] == "all" and init["capabilities"]["ambient"] == "none"
+    for unit in UNITS:
+        for pid in info["units"][unit]["pids"]:
+            record = next(p for p in scan["processes"] if p["pid"] == pid)
+            assert set(record["capabilities"].values()) == {"none"}, record["capabilities"]
+            assert set(record["capability_masks"].values()) == {"0000000000000000"}
+
+
 def test_components_pass_the_policy_and_the_loosened_unit_fails_with_a_diff(run):
     ok = run["results"]["assert_components"]
     assert not ok.get("failed") and ok["violations"] == [] and len(ok["checked"]) >= 3, ok
@@ -122,9 +142,12 @@ def test_audit_writes_evidence_junit_and_report(host, run):
     attacks = evidence["attacks"]
     assert len(attacks) >= 80 and {a["component"] for a in attacks} == {"executor"}
     assert [a["attempt"] for a in attacks if not a["passed"]] == []
+    assert any(a["control"] for a in attacks) and not all(a["control"] for a in attacks)
     suites = ElementTree.parse(audit / f"{name}.junit.xml").getroot()
     assert int(suites.get("tests")) == len(evidence["checks"]) + len(attacks)
     assert int(suites.get("failures")) == 0
     page = (audit / "report.html").read_text()
     assert "Components &times; properties" in page and f'<td class="name">{name}</td>' in page
     assert "<th>without confinement</th>" in page and "NOT blocked" not in page
+    assert '<span class="good">all passed</span>' in page and "control FAILED" not in page
+    assert "(UTC) by kernelfence.isolation " in page
