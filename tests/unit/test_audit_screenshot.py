@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import test_audit
-from PIL import Image
 from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import html_report
+from PIL import Image
 
 GREEN, RED = (0x2D, 0xA4, 0x4E), (0xCF, 0x22, 0x2E)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
