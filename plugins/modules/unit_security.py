@@ -52,7 +52,6 @@ options:
         C(--security-policy) (see systemd-analyze(1)); a weight of 0 skips a test.
       - The file must exist and hold a JSON object, else the module fails before scoring.
     type: path
-    version_added: "0.2.0"
   offline:
     description:
       - Score O(paths) offline even when O(unit) is given (C(--offline=yes)); O(unit) then
@@ -62,7 +61,6 @@ options:
         verified.
     type: bool
     default: false
-    version_added: "0.2.0"
 """
 
 EXAMPLES = r"""
