@@ -41,7 +41,7 @@ def test_readme_lists_exactly_the_modules_filters_and_roles_that_exist():
     roles = {p.name for p in (REPO / "roles").iterdir() if p.is_dir()}
     assert _names(_paragraph(text, "Modules")) == modules
     assert _names(_paragraph(text, "Filters")) == filters
-    table = {m for m in re.findall(r"^\| `(\w+)` \|", text, re.M)}
+    table = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
     assert table == roles
 
 
