@@ -15,7 +15,7 @@ timed again right after (the idempotent re-run, changed=0 expected). The host ba
 sysctl switches are off: a container's /proc/sys is read-only (the VM scenarios test them).
 
 Run as root from the checkout: `python3 bench/fleet_scale.py [--sizes 1,2,4,8]`; it writes
-bench/results/fleet.json, which `bench/run.py` merges into bench.md.
+bench/results/fleet.json, which the report step (bench/report.py) puts in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """kernelfence benchmarks, one command: `python3 bench/run.py` (as root, from the checkout).
 
-Writes bench/results/bench.json, bench/results/bench.md and bench/results/bench.png.
+Writes bench/results/*.json, then docs/benchmarks.md and docs/benchmarks.png (bench/report.py).
 Not a timed test and not part of `./kf test`.
 
 1. Workload overhead, inside a VM (`bench/workload.py`, copied into the guest): the executor's
@@ -47,7 +47,6 @@ from tools.kflab.image import ensure_image  # noqa: E402
 RESULTS = REPO / "bench" / "results"
 INSTANCE = "bench"
 GUEST_DIR = "/root/kfbench"
-FLEET_NOTE = "Not measured: run without --skip-fleet (bench/fleet_scale.py)."
 
 
 def machine() -> str:
@@ -209,7 +208,7 @@ def main() -> None:
                         help="keep the fleet scaling's last results")
     parser.add_argument("--fleet-sizes", default="1,2,4,8")
     parser.add_argument("--report-only", action="store_true",
-                        help="only re-render bench.md/bench.png from bench/results/bench.json")
+                        help="only re-render docs/benchmarks.md and its chart from bench/results")
     parser.add_argument("--keep-vm", action="store_true")
     args = parser.parse_args()
     # A SIGTERM (e.g. from `timeout`) unwinds like an exception, so the VM is still destroyed.
@@ -236,31 +235,14 @@ def main() -> None:
     merged: dict = json.loads(previous.read_text()) if previous.exists() else {}
     merged.update(out)
     out = merged
-    timings = {key: RESULTS / f"rollout_{key}.json" for key in ("first", "rerun")}
-    if not out.get("rollout") and all(path.exists() for path in timings.values()):
-        # A run cut short after the rollout part still reports it (the callback wrote its files).
-        out["rollout"] = {key: report.rollout_summary(json.loads(path.read_text()))
-                          for key, path in timings.items()}
-    if out.get("workload"):
-        out["workload_table"] = report.workload_table(out["workload"])
-    native = RESULTS / "workload_native.json"
-    if native.exists():  # bench/native_workload.py
-        out["workload_native"] = json.loads(native.read_text())
-        out["workload_native_table"] = report.workload_table(out["workload_native"])
-    if not out.get("fleet_scale") and (RESULTS / "fleet.json").exists():
-        out["fleet_scale"] = json.loads((RESULTS / "fleet.json").read_text())
-    out["fleet_note"] = FLEET_NOTE
-    out["fleet"] = report.fleet_walls(out.get("fleet_scale"))
-    out["goals"] = report.goals(out.get("workload_table"), out.get("rollout"),
-                                out.get("scan", []), out.get("fleet"))
-    if out.get("workload_native_table"):
-        out["goals_native"] = report.goals(out["workload_native_table"], out.get("rollout"),
-                                           out.get("scan", []), out.get("fleet"))
+    out = report.complete(out, RESULTS)
     previous.write_text(json.dumps(out, indent=1) + "\n")
-    (RESULTS / "bench.md").write_text(report.markdown(out))
-    if out.get("workload_table"):
-        (RESULTS / "bench.png").write_bytes(report.chart(out["workload_table"]))
-    print((RESULTS / "bench.md").read_text())
+    try:
+        page = report.write(out)
+    except ImportError as exc:  # the chart needs matplotlib (requirements-dev.txt)
+        sys.exit(f"bench: results saved in {previous}, but the report needs {exc.name}: run "
+                 f"`python3 bench/report.py` with the kernelfence venv's python")
+    print(page.read_text())
 
 
 if __name__ == "__main__":

@@ -406,8 +406,8 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
                          writable_roots: list[str] | None = None) -> list[dict]:
     """Validate the whole model (cross-field rules included) and return the derived records."""
     if not isinstance(components, list):
-        raise ModelError("kernelfence_components: must be a list of components. Fix: see the "
-                         "component model in the collection README")
+        raise ModelError("kernelfence_components: must be a list of components. Fix: see "
+                         "docs/component-model.md in the collection")
     roots = {**DEFAULT_ROOTS, **(roots or {})}
     wroots = tuple(r.rstrip("/") + "/" for r in (writable_roots or DEFAULT_WRITABLE_ROOTS))
     records = [normalize_component(raw, roots, wroots) for raw in components]

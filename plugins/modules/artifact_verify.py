@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: artifact_verify
 short_description: Verify signed component artifacts on the controller and install them atomically
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - The action plugin verifies every artifact's Sigstore signature on the controller, before
     anything is copied, with the real C(cosign verify-blob) when it is on the controller's

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: audit_evidence
 short_description: Gather the isolation evidence of every component of a host in one call
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - For every component of the model, reads what the kernel and systemd show and compares it
     with what the component's unit promises; returns one check per property with the command

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: host_baseline
 short_description: The host kernel baseline behind the component boundaries, in one call
-version_added: "0.3.0"
+version_added: "0.1.0"
 description:
   - Reads in one pass what the component profiles need from the kernel (cgroup v2, seccomp
     filter mode, Yama, Landlock, unprivileged user namespaces where the bubblewrap wrapper needs

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: isolation_assert
 short_description: Fail when the live processes of a unit break an isolation policy
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Reads every process and thread of a systemd unit from C(/proc) (as
     M(kernelfence.isolation.process_isolation_info) does) and compares them with a policy.

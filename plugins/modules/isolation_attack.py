@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: isolation_attack
 short_description: Attack the other components from inside one component's confinement
-version_added: "0.3.0"
+version_added: "0.1.0"
 description:
   - Runs the attack probe as a compromised component would, in a runtime sibling of the
     component's unit (its own text from C(systemctl cat), every sandboxing, identity, seccomp and

@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: process_isolation_info
 short_description: Read the isolation of running processes from the kernel
-version_added: "0.2.0"
+version_added: "0.1.0"
 description:
   - Reads C(/proc) for the processes of the given systemd units, the given PIDs, or every
     process, and returns per process and per thread what the kernel enforces, not what a

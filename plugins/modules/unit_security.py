@@ -66,7 +66,6 @@ options:
         C(description_bad), C(description_na) (strings); systemd ignores anything else
         silently, so the module fails naming the file, check and field before scoring.
     type: path
-    version_added: "0.2.0"
   offline:
     description:
       - Score O(paths) offline even when O(unit) is given (C(--offline=yes)); O(unit) then
@@ -76,7 +75,6 @@ options:
         verified.
     type: bool
     default: false
-    version_added: "0.2.0"
 """
 
 EXAMPLES = r"""

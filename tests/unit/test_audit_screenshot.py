@@ -1,23 +1,23 @@
 """The HTML audit report as a browser shows it: Debian's chromium, headless, one screenshot.
 
 chromium is a controller package the harness installs (tools/kflab/setup.py APT_COMMANDS).
-The screenshot is decoded here (PNG, no imaging library) and its colours counted: the matrix
+The screenshot is decoded with Pillow (requirements-dev.txt) and its colours counted: the matrix
 must show green and red cells in proportion to the checks, on a page that is not blank. At
 1000 px the layout is measured by chromium itself (a script added to a copy of the page, its
 result read with --dump-dom): nothing scrolls sideways and no grid cell cuts its content.
 """
 
 import html
+import io
 import json
 import re
 import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import test_audit
 from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import html_report
+from PIL import Image
 
 GREEN, RED = (0x2D, 0xA4, 0x4E), (0xCF, 0x22, 0x2E)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
@@ -26,40 +26,13 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
 
 
 def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and RGB(A) rows of an 8-bit, non-interlaced PNG (what chromium writes)."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    width, height, depth, colour, _c, _f, interlace = header
-    assert depth == 8 and colour in (2, 6) and interlace == 0, header
-    bpp = 3 if colour == 2 else 4
-    raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
-    for y in range(height):
-        start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + a) & 0xFF
-            elif kind == 2:
-                line[i] = (line[i] + b) & 0xFF
-            elif kind == 3:
-                line[i] = (line[i] + (a + b) // 2) & 0xFF
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-        rows.append(bytes(line))
-        prev = line
-    return width, height, [bytes(r[i:i + 3]) for r in rows for i in range(0, stride, bpp)]
+    """Width, height and the RGB value of every pixel, row by row (decoded by Pillow)."""
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG", image.format
+        rgb = image.convert("RGB")
+        width, height = rgb.size
+        raw = rgb.tobytes()
+    return width, height, [raw[i:i + 3] for i in range(0, len(raw), 3)]
 
 
 def screenshot(page: str, tmp_path: Path, width: int = 1400) -> Path:

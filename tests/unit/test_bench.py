@@ -1,22 +1,24 @@
-"""The benchmark's statistics, goals, report and PNG writer (bench/report.py), and its callback.
+"""The benchmark's statistics, goals, report page and chart (bench/report.py), and its callback.
 
 The benchmark itself is never run here (it is not a timed test); these check the arithmetic and
 the artifacts it writes, on samples whose answers are worked out by hand and on recorded output.
 """
 
+import io
 import json
 import os
-import struct
+import shutil
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bench import report
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures" / "bench"
+RESULTS = REPO / "bench" / "results"
 
 
 def _samples(values, **extra):
@@ -90,32 +92,65 @@ def test_rollout_summary_counts_tasks_invocations_and_ranks_the_slowest():
     assert [t["seconds"] for t in got["slowest"]] == [1.555, 1.387]
 
 
-def _png_rows(data: bytes) -> tuple[int, int, bytes]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, {}
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body), kind
-        chunks[kind] = chunks.get(kind, b"") + body
-        pos += 12 + length
-    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
-    assert (depth, colour) == (8, 2)
-    return width, height, zlib.decompress(chunks[b"IDAT"])
+def _png_pixels(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Width, height and RGB pixels, row by row, of a PNG (decoded by Pillow)."""
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        rgb = image.convert("RGB")
+        raw = rgb.tobytes()
+    return rgb.size[0], rgb.size[1], [tuple(raw[i:i + 3]) for i in range(0, len(raw), 3)]
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
 
 
 def test_chart_is_a_valid_png_with_one_bar_per_mode():
     table = _table(0.01, 0.06, 1.01, 4.0, 4.2)
-    width, height, raw = _png_rows(report.chart(table))
-    stride = 1 + 3 * width
-    assert len(raw) == height * stride
-    # The podman bar (ratio 101, the longest) is drawn in its colour; bare's in grey.
-    pixels = {bytes(raw[y * stride + 1 + x * 3: y * stride + 4 + x * 3])
-              for y in range(height) for x in range(0, width, 7)}
-    assert bytes(report.COLOURS["podman"]) in pixels
-    assert bytes(report.COLOURS["hardened"]) in pixels
-    assert bytes(report.COLOURS["bwrap"]) not in pixels  # no bwrap samples, no bwrap bar
+    _width, _height, pixels = _png_pixels(report.chart(table))
+    # The podman bar (ratio 101, the longest) is drawn in its colour, hardened's in its own.
+    assert _rgb(report.COLOURS["podman"]) in pixels
+    assert _rgb(report.COLOURS["hardened"]) in pixels
+    assert _rgb(report.COLOURS["bwrap"]) not in pixels  # no bwrap samples, no bwrap bar
+
+
+def test_chart_cuts_no_label_the_image_has_a_blank_margin():
+    # The committed TCG-VM results: podman's bar is the longest and its label the widest.
+    table = report.load(RESULTS)["workload_table"]
+    width, height, pixels = _png_pixels(report.chart(table))
+    white = (255, 255, 255)
+    margin = 3
+    edge = [pixels[y * width + x] for y in range(height) for x in range(width)
+            if x < margin or x >= width - margin or y < margin or y >= height - margin]
+    drawn = [p for p in edge if p != white]
+    assert not drawn, f"{len(drawn)} drawn pixels at the image's edge: a label or bar is cut"
+    assert sum(p != white for p in pixels) > 0.02 * len(pixels), "chart is blank"
+
+
+def test_docs_benchmarks_page_is_what_the_committed_results_give():
+    """docs/benchmarks.md is generated: no figure on it is typed by hand or left stale."""
+    committed = (REPO / "docs" / report.PAGE).read_text()
+    assert committed == report.page(report.load(RESULTS)), (
+        "docs/benchmarks.md is out of date with bench/results: run python3 bench/report.py")
+    assert report.main(["--check"]) == 0
+
+
+def test_page_says_when_each_part_ran_and_every_figure_comes_from_the_results(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS, results)
+    bench = json.loads((results / "bench.json").read_text())
+    text = report.page(report.load(results))
+    assert f"| workload, in a qemu TCG VM | {bench['workload']['date'][:10]} |" in text
+    assert f"| fleet scaling | {bench['fleet_scale']['date'][:10]} |" in text
+    # A new figure in the results changes the page: nothing on it is fixed text.
+    bench["fleet_scale"]["rows"][0]["wall_s"] = 12345.6
+    bench["workload"]["date"] = "2031-01-02T03:04Z"
+    (results / "bench.json").write_text(json.dumps(bench))
+    changed = report.page(report.load(results))
+    assert "| 12345.6 |" in changed and "| workload, in a qemu TCG VM | 2031-01-02 |" in changed
+    written = report.write(report.load(results), tmp_path / "docs")
+    assert written.read_text() == changed
+    assert (tmp_path / "docs" / report.CHART).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_markdown_has_every_measured_row_and_the_goals():

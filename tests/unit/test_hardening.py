@@ -158,7 +158,7 @@ def without_pid_namespace(text):
 
 def test_what_a_pid_namespace_costs_in_exposure_on_systemd_252(records, tmp_path,
                                                                host_systemd):
-    """Why the wrapper allowance exists (README, "PID namespace"), scored by real systemd 252.
+    """Why the wrapper allowance exists (docs/confinement.md), scored by real systemd 252.
 
     - The 257 rendering without PrivatePIDs= (no PID namespace) meets every profile target.
     - The least any unprivileged wrapper can ask for, creating a user and a PID namespace and

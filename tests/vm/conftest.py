@@ -18,7 +18,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 # Expected systemd major version per scenario instance (see molecule/*/molecule.yml).
 SYSTEMD_BY_INSTANCE = {"kf12": 252, "kf13": 257}
 
-# Two tiers of VM checks (README, "The two commands"). `core` is what CI runs on Debian 12 in
+# Two tiers of VM checks (docs/development.md). `core` is what CI runs on Debian 12 in
 # its time budget: every live isolation check, the whole attack suite, the isolation modules,
 # every bad component model and network policy, one bad artifact per verification path and the
 # copy corrupted on the host, the sysctl drift run. `full` (`./kf test --full`, and a bare

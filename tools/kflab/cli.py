@@ -210,7 +210,7 @@ def _sanity_tree(env: dict[str, str]) -> Path:
 
 
 # Seconds one `molecule test` stage may take. The core limit keeps a slow CI machine (TCG guests
-# with CPU steal; README, "Measured") inside CI's 90 minutes with the stages before it.
+# with CPU steal; docs/development.md) inside CI's 90 minutes with the stages before it.
 SCENARIO_TIMEOUT = {"core": 4200, "full": 7200}
 
 
@@ -219,7 +219,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     env = setup.tool_env()
     stages = Stages()
     # CI runs Debian 12 only: the scenarios one after the other do not fit its 90 minutes
-    # (README, "The two commands"); --full adds Debian 13 and the three-VM fleet.
+    # (docs/development.md, "The two commands"); --full adds Debian 13 and the three-VM fleet.
     wanted = args.scenarios or (list(SCENARIOS) if args.full else ["default"])
     # Images build while the tools compile: one waits on the network and disk, the other on CPU.
     for distro in dict.fromkeys(SCENARIOS[scenario] for scenario in wanted):

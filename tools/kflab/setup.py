@@ -51,8 +51,13 @@ SIGNING = CACHE / "signing"
 RELEASE = SIGNING / "release"
 
 
+# The collection's controller requirements, then the bench's and tests' own (not shipped).
+REQUIREMENTS = ("requirements.txt", "requirements-dev.txt")
+
+
 def venv_dir() -> Path:
-    key = sha256_of((REPO / "requirements.txt").read_bytes(), sys.version.encode())[:12]
+    key = sha256_of(*((REPO / name).read_bytes() for name in REQUIREMENTS),
+                    sys.version.encode())[:12]
     return CACHE / "venv" / key
 
 
@@ -94,8 +99,8 @@ def ensure_venv() -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     run([sys.executable, "-m", "venv", str(venv)], timeout=300)
-    run([str(venv / "bin" / "pip"), "install", "-q", "-r", str(REPO / "requirements.txt")],
-        timeout=1800)
+    run([str(venv / "bin" / "pip"), "install", "-q",
+         *(arg for name in REQUIREMENTS for arg in ("-r", str(REPO / name)))], timeout=1800)
     marker.write_text("ok\n")
     return venv
 
