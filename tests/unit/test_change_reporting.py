@@ -119,3 +119,29 @@ def test_check_mode_reports_an_owed_reload_without_doing_it(tmp_path):
     assert dry["changed"] is True
     assert "daemon-reload" not in dry["systemctl"]
     assert host.install()["changed"] is True  # check mode left the marker in place
+
+
+def test_component_accounts_reports_what_it_did_before_an_action_failed(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = run_module("component_accounts", {"directories": [
+        {"path": str(first), "owner": "root", "group": "root", "mode": "0750"},
+        {"path": str(second), "owner": "kf-no-such-user", "group": "root", "mode": "0700"},
+    ]}, tmp_path)
+    assert result["failed"] is True
+    assert result["changed"] is True
+    assert result["actions"] == [f"+ dir {first} root:root 0750"]
+    assert result["failed_action"] == f"+ dir {second} kf-no-such-user:root 0700"
+    assert result["msg"] == (f"+ dir {second} kf-no-such-user:root 0700: "
+                             "\"getpwnam(): name not found: 'kf-no-such-user'\"")
+    assert first.stat().st_mode & 0o7777 == 0o750
+    assert not second.exists()  # an unknown owner leaves no directory behind
+
+
+def test_component_accounts_first_action_failing_is_unchanged(tmp_path):
+    result = run_module("component_accounts", {"directories": [
+        {"path": str(tmp_path / "d"), "owner": "root", "group": "kf-no-such-group",
+         "mode": "0700"}]}, tmp_path)
+    assert result["failed"] is True
+    assert result["changed"] is False
+    assert result["actions"] == []
+    assert not (tmp_path / "d").exists()
