@@ -27,6 +27,15 @@ description:
     missing signature, digest mismatch on the host) fails the task with a message naming the
     artifact and the reason, and leaves C(current) and the running services as they were.
 author: kernelfence contributors (@kernelfence)
+requirements:
+  - "On the controller: C(cryptography) (C(pip install cryptography)) and C(cyclonedx-python-lib)
+    with its C(json-validation) extra (C(pip install 'cyclonedx-python-lib[json-validation]'))."
+  - "On the controller, for keyless artifacts verified in Python (O(backend=python), or
+    O(backend=auto) without C(cosign) on the controller): C(sigstore) (C(pip install sigstore))."
+  - "On the target, only with O(recheck_on_host=true): C(python3-cryptography)
+    (C(apt-get install python3-cryptography))."
+  - A missing one fails the task before anything is verified or copied, naming the library and
+    the command that installs it.
 attributes:
   check_mode:
     description: Verifies on the controller and reports what would be installed; writes nothing.
@@ -140,11 +149,18 @@ inventory:
   returned: when installing
   type: str
   sample: /opt/kernelfence/bin/inventory.json
+missing_libraries:
+  description: The Python libraries the task needs and could not import (see requirements).
+  returned: when one is missing
+  type: list
+  elements: str
+  sample: [sigstore]
 """
 
 import os
+import traceback
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     Artifact,
     VerificationFailed,
@@ -156,6 +172,15 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_ins
     Item,
     install,
 )
+
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
 
 
 def _recheck(module: AnsibleModule, items: list[dict]) -> None:
@@ -201,6 +226,13 @@ def main() -> None:
     if raw_items is None:
         module.fail_json(msg="call kernelfence.isolation.artifact_verify as a task: its action "
                          "plugin verifies on the controller and stages the files")
+    if module.params["recheck_on_host"] and not HAS_CRYPTOGRAPHY:
+        module.fail_json(
+            msg=missing_required_lib("cryptography", reason="to verify the signatures again on "
+                                     "the host (recheck_on_host)")
+            + ". Fix: apt-get install python3-cryptography on the target, or set "
+            "recheck_on_host: false",
+            missing_libraries=["cryptography"], exception=CRYPTOGRAPHY_IMPORT_ERROR)
     try:
         if module.params["recheck_on_host"] and not module.check_mode:
             _recheck(module, raw_items)
