@@ -122,3 +122,20 @@ def test_the_module_names_the_target_package_for_recheck_on_host(tmp_path):
 def test_the_module_needs_no_cryptography_without_recheck(tmp_path):
     result = run_module(tmp_path, ("cryptography",))
     assert "failed" not in result, result
+
+
+def test_the_seccomp_launcher_names_python3_seccomp_and_fails_closed(tmp_path):
+    # Systemd runs it as `python3 -I` (which ignores PYTHONPATH); -I is left out here only so
+    # that the sitecustomize can hide the binding.
+    marker = tmp_path / "ran"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "roles/component_unit/files/kf-launch.py"),
+         str(tmp_path / "profile.json"), "--", "/usr/bin/touch", str(marker)],
+        env=dict(os.environ, PYTHONPATH=hide(tmp_path, "seccomp")),
+        capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == ("kf-launch: the Python binding of libseccomp is missing (import of "
+                           "seccomp halted; None in sys.modules). Fix: apt-get install "
+                           "python3-seccomp (the component_unit role installs it on systemd "
+                           "< 257)\n")
+    assert not marker.exists()
