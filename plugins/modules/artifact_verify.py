@@ -129,13 +129,16 @@ artifacts:
   type: list
   elements: dict
 installed:
-  description: Artifacts (C(component/name)) whose C(current) link was switched by this run.
+  description:
+    - Artifacts (C(component/name)) whose C(current) link was switched by this run.
+    - On a failure after some links were switched (the task then reports C(changed)), those.
   returned: when installing
   type: list
   elements: str
   sample: [executor/cargo-audit]
 components:
-  description: Components with at least one newly installed artifact (to restart).
+  description: Components with at least one newly installed artifact (to restart), also on a
+    failure after the switch.
   returned: when installing
   type: list
   elements: str
@@ -181,6 +184,14 @@ except ImportError:
 else:
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
+
+
+def _current(root: str, item: Item) -> str | None:
+    """The version directory the artifact's ``current`` link names now."""
+    try:
+        return os.readlink(os.path.join(item.base(root), "current"))
+    except OSError:
+        return None
 
 
 def _recheck(module: AnsibleModule, items: list[dict]) -> None:
@@ -233,14 +244,19 @@ def main() -> None:
             + ". Fix: apt-get install python3-cryptography on the target, or set "
             "recheck_on_host: false",
             missing_libraries=["cryptography"], exception=CRYPTOGRAPHY_IMPORT_ERROR)
+    items = [Item.from_dict(i) for i in raw_items]
+    before = {item.label: _current(root, item) for item in items}
     try:
         if module.params["recheck_on_host"] and not module.check_mode:
             _recheck(module, raw_items)
-        result = install(root, [Item.from_dict(i) for i in raw_items], module.check_mode)
-    except (InstallFailed, VerificationFailed) as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"installing under {root} failed: {exc}")
+        result = install(root, items, module.check_mode)
+    except (InstallFailed, VerificationFailed, OSError) as exc:
+        msg = str(exc) if not isinstance(exc, OSError) else f"installing under {root} failed: {exc}"
+        # A failure after some `current` links moved (e.g. writing the inventory) changed the
+        # host: say so, and which components now run a binary their service has not restarted on.
+        switched = sorted(i.label for i in items if _current(root, i) != before[i.label])
+        module.fail_json(msg=msg, changed=bool(switched), installed=switched,
+                         components=sorted({label.split("/")[0] for label in switched}))
     components = sorted({label.split("/")[0] for label in result["installed"]})
     module.exit_json(changed=result["changed"], installed=result["installed"],
                      needs_staging=result["needs_staging"], previous=result["previous"],

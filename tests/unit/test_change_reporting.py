@@ -5,6 +5,7 @@ systemd-analyze of this host; only systemctl is a stub (PID 1 here is not system
 its calls and fails daemon-reload on demand.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -145,3 +146,20 @@ def test_component_accounts_first_action_failing_is_unchanged(tmp_path):
     assert result["changed"] is False
     assert result["actions"] == []
     assert not (tmp_path / "d").exists()
+
+
+def test_artifact_install_failing_after_the_switch_reports_changed(tmp_path):
+    staged = tmp_path / "tool.staged"
+    staged.write_bytes(b"#!/bin/sh\necho v2\n")
+    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+    root = tmp_path / "root"
+    (root / "inventory.json").mkdir(parents=True)  # the inventory cannot be written
+    result = run_module("artifact_verify", {"install_root": str(root), "items": [
+        {"component": "executor", "name": "tool", "version": "2.0", "sha256": digest,
+         "staged": str(staged)}]}, tmp_path)
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"installing under {root} failed: [Errno 21] Is a directory")
+    assert result["changed"] is True
+    assert result["installed"] == ["executor/tool"]
+    assert result["components"] == ["executor"]
+    assert os.readlink(root / "executor/tool/current") == f"2.0-{digest[:12]}"
