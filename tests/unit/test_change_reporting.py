@@ -154,7 +154,8 @@ def test_artifact_install_failing_after_the_switch_reports_changed(tmp_path):
     digest = hashlib.sha256(staged.read_bytes()).hexdigest()
     root = tmp_path / "root"
     (root / "inventory.json").mkdir(parents=True)  # the inventory cannot be written
-    result = run_module("artifact_verify", {"install_root": str(root), "items": [
+    result = run_module("artifact_verify", {
+        "install_root": str(root), "pending_dir": str(tmp_path / "pending"), "items": [
         {"component": "executor", "name": "tool", "version": "2.0", "sha256": digest,
          "staged": str(staged)}]}, tmp_path)
     assert result["failed"] is True
@@ -163,3 +164,32 @@ def test_artifact_install_failing_after_the_switch_reports_changed(tmp_path):
     assert result["installed"] == ["executor/tool"]
     assert result["components"] == ["executor"]
     assert os.readlink(root / "executor/tool/current") == f"2.0-{digest[:12]}"
+    assert [p.name for p in (tmp_path / "pending").iterdir()] == ["executor"]  # restart owed
+
+
+def test_a_binary_switched_without_its_restart_is_reported_again(tmp_path):
+    """The install switched `current`; the play failed before the handler restarted the
+    service. The next run finds the binary current and still returns the component."""
+    staged = tmp_path / "tool.staged"
+    staged.write_bytes(b"#!/bin/sh\necho v3\n")
+    digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+    pending = tmp_path / "pending"
+    args = {"install_root": str(tmp_path / "root"), "pending_dir": str(pending),
+            "items": [{"component": "executor", "name": "tool", "version": "3.0",
+                       "sha256": digest, "staged": str(staged)}]}
+    first = run_module("artifact_verify", args, tmp_path)
+    assert first["changed"] is True and first["components"] == ["executor"]
+    # (the handler did not run)
+    again = run_module("artifact_verify", args, tmp_path)
+    assert again["installed"] == []
+    assert again["changed"] is True
+    assert again["components"] == ["executor"]
+    assert again["restart_owed"] == ["executor"]
+    dry = run_module("artifact_verify", args, tmp_path, check_mode=True)
+    assert dry["changed"] is True and dry["components"] == ["executor"]
+    # What the handler does after a successful restart:
+    for marker in pending.iterdir():
+        marker.unlink()
+    settled = run_module("artifact_verify", args, tmp_path)
+    assert settled["changed"] is False
+    assert settled["components"] == []
