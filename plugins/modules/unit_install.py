@@ -169,6 +169,11 @@ previous:
   returned: always
   type: list
   elements: dict
+written:
+  description: Paths this run wrote before a later step (a write, the C(daemon-reload)) failed.
+  returned: when a write or the daemon-reload fails
+  type: list
+  elements: str
 installed_at:
   description: Host time (seconds since the epoch) just before the first write; journal lines
     from then on belong to this run.
