@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
+import traceback
 
 from ansible.errors import AnsibleActionFail
+from ansible.module_utils.basic import missing_required_lib
 from ansible.plugins.action import ActionBase
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     Artifact,
@@ -27,6 +30,34 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.sbom import 
     validation_errors,
     vendor_sbom,
 )
+
+# Controller libraries, imported here only to know whether they are there (module_utils imports
+# them where they are used): a missing one fails the task naming it and the install command.
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+try:
+    import sigstore  # noqa: F401
+except ImportError:
+    HAS_SIGSTORE = False
+    SIGSTORE_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_SIGSTORE = True
+    SIGSTORE_IMPORT_ERROR = None
+try:
+    import cyclonedx  # noqa: F401
+    import jsonschema  # noqa: F401  (cyclonedx-python-lib's json-validation extra)
+except ImportError:
+    HAS_CYCLONEDX = False
+    CYCLONEDX_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_CYCLONEDX = True
+    CYCLONEDX_IMPORT_ERROR = None
 
 MODULE = "kernelfence.isolation.artifact_verify"
 # Test hook (never set in production): artifacts (component/name, comma-separated) whose
@@ -88,6 +119,29 @@ def verify_all(artifacts: list[dict], backend: str, cosign: str | None,
     return out
 
 
+def missing_libraries(artifacts: list[dict], backend: str, cosign: str | None) -> list[dict]:
+    """The controller libraries this verification needs and lacks: {name, msg, exception}."""
+    if not artifacts:
+        return []
+    pip = f"{sys.executable} -m pip install"
+    needed = [
+        (HAS_CRYPTOGRAPHY, "cryptography", CRYPTOGRAPHY_IMPORT_ERROR,
+         "to read the cosign public keys and signing certificates", f"{pip} cryptography"),
+        (HAS_CYCLONEDX, "cyclonedx-python-lib", CYCLONEDX_IMPORT_ERROR,
+         "to make and validate the CycloneDX SBOMs",
+         f"{pip} 'cyclonedx-python-lib[json-validation]'"),
+    ]
+    python_path = backend == "python" or (backend == "auto" and not cosign)
+    keyless = any(not a.get("key") for a in artifacts)  # as Artifact.keyless says
+    if python_path and keyless:
+        needed.append((HAS_SIGSTORE, "sigstore", SIGSTORE_IMPORT_ERROR,
+                       "to verify keyless Sigstore bundles without cosign on the controller",
+                       f"{pip} sigstore (or put cosign on the controller's PATH)"))
+    return [{"name": name, "exception": error,
+             "msg": f"{missing_required_lib(name, reason=reason)}. Fix: {fix}"}
+            for present, name, error, reason, fix in needed if not present]
+
+
 def _read(path: str | None) -> str | None:
     if not path:
         return None
@@ -116,6 +170,14 @@ class ActionModule(ActionBase):
         syft = args["syft"] or (shutil.which("syft") if args["backend"] != "python" else None)
         verified = args["verified"]
         if verified is None:
+            cosign = args["cosign"] or (shutil.which("cosign") if args["backend"] != "python"
+                                        else None)
+            missing = missing_libraries(args["artifacts"], args["backend"], cosign)
+            if missing:
+                return {**result, "failed": True, "changed": False,
+                        "msg": " | ".join(m["msg"] for m in missing),
+                        "missing_libraries": [m["name"] for m in missing],
+                        "exception": "".join(m["exception"] or "" for m in missing)}
             verified = verify_all(args["artifacts"], args["backend"], args["cosign"], syft)
         else:
             for entry in verified:

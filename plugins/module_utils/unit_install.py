@@ -10,9 +10,11 @@ offline exposure score judge the unit exactly as systemd will load it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
+import tempfile
 from collections.abc import Callable
 
 from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
@@ -192,3 +194,88 @@ def read_text(path: str) -> str | None:
             return fh.read()
     except FileNotFoundError:
         return None
+
+
+# Files written but not yet loaded by systemd, one marker per unit, kept across runs: a
+# daemon-reload that failed after the files were written is owed until one succeeds, even when
+# the next run finds the files equal. Under /run because a reboot loads every unit file anew.
+PENDING_DIR = "/run/kernelfence/unit_install"
+RELOAD_MARKER = "daemon-reload"
+
+
+class ApplyFailed(Exception):
+    """A write or the daemon-reload failed; `written` lists the paths this call changed."""
+
+    def __init__(self, msg: str, written: list[str]) -> None:
+        super().__init__(msg)
+        self.written = written
+
+
+def write_file(path: str, content: str, mode: int, uid: int, gid: int) -> None:
+    """Write atomically (temp file in the same directory, then rename)."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kf-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        os.chown(tmp, uid, gid)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def pending(pending_dir: str) -> tuple[bool, list[str]]:
+    """(a daemon-reload is owed, units whose files changed since they were last restarted)."""
+    try:
+        names = sorted(os.listdir(pending_dir))
+    except FileNotFoundError:
+        return False, []
+    return RELOAD_MARKER in names, [n for n in names if n != RELOAD_MARKER]
+
+
+def _mark(pending_dir: str, names: list[str]) -> None:
+    os.makedirs(pending_dir, mode=0o700, exist_ok=True)
+    for name in names:
+        with open(os.path.join(pending_dir, name), "w", encoding="utf-8"):
+            pass
+
+
+def clear_units(pending_dir: str, names: list[str]) -> None:
+    """Forget the units whose restart this run has handed on (restart_needed)."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(pending_dir, name))
+
+
+def write_and_reload(writes: list[tuple[str, str, int, int, int]], units: list[str],
+                     pending_dir: str, run: Runner) -> None:
+    """Write every file, then daemon-reload; also reload when an earlier run owes one.
+
+    The markers are written before the first file and the reload marker is removed only after
+    a successful reload, so a failure anywhere in between is retried by the next run.
+    Raises ApplyFailed naming what failed and the paths already written.
+    """
+    owed, _units = pending(pending_dir)
+    if not writes and not owed:
+        return
+    if writes:
+        _mark(pending_dir, [*units, RELOAD_MARKER])
+    written: list[str] = []
+    for path, content, mode, uid, gid in writes:
+        try:
+            write_file(path, content, mode, uid, gid)
+        except OSError as exc:
+            raise ApplyFailed(f"cannot write {path}: {exc}", written) from exc
+        written.append(path)
+    rc, _out, err = run(["systemctl", "daemon-reload"])
+    if rc != 0:
+        raise ApplyFailed(
+            f"systemctl daemon-reload failed: {err.strip() or f'exit status {rc}'}. The files "
+            f"are written; the next run retries the reload (marker {pending_dir}/"
+            f"{RELOAD_MARKER})", written)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(pending_dir, RELOAD_MARKER))

@@ -24,6 +24,9 @@ import shutil
 from dataclasses import dataclass
 
 INVENTORY = "inventory.json"
+# Components whose binary was switched and whose service has not restarted on it yet, one empty
+# file each (written by the artifact_verify module, removed by the verified_binary handler).
+PENDING_DIR = "/run/kernelfence/artifact_verify"
 _CHUNK = 1 << 20
 
 

@@ -27,6 +27,15 @@ description:
     missing signature, digest mismatch on the host) fails the task with a message naming the
     artifact and the reason, and leaves C(current) and the running services as they were.
 author: kernelfence contributors (@kernelfence)
+requirements:
+  - "On the controller: C(cryptography) (C(pip install cryptography)) and C(cyclonedx-python-lib)
+    with its C(json-validation) extra (C(pip install 'cyclonedx-python-lib[json-validation]'))."
+  - "On the controller, for keyless artifacts verified in Python (O(backend=python), or
+    O(backend=auto) without C(cosign) on the controller): C(sigstore) (C(pip install sigstore))."
+  - "On the target, only with O(recheck_on_host=true): C(python3-cryptography)
+    (C(apt-get install python3-cryptography))."
+  - A missing one fails the task before anything is verified or copied, naming the library and
+    the command that installs it.
 attributes:
   check_mode:
     description: Verifies on the controller and reports what would be installed; writes nothing.
@@ -89,6 +98,15 @@ options:
       - Internal, set by the action plugin. The verified artifacts with their staged copies.
     type: list
     elements: dict
+  pending_dir:
+    description:
+      - Internal. Directory of the markers of components whose binary was switched and whose
+        service has not been restarted on it yet. A marker is written when C(current) moves and
+        removed by the role's handler after the restart; while one is left, every run reports
+        the component in RV(components) (and C(changed)), so a restart lost to a failed run is
+        done by the next one. Under C(/run) because a boot starts every service on C(current).
+    type: path
+    default: /run/kernelfence/artifact_verify
 notes:
   - The host side of this module is an internal implementation detail of the action plugin;
     call it only through the action (the task name C(kernelfence.isolation.artifact_verify)).
@@ -120,13 +138,23 @@ artifacts:
   type: list
   elements: dict
 installed:
-  description: Artifacts (C(component/name)) whose C(current) link was switched by this run.
+  description:
+    - Artifacts (C(component/name)) whose C(current) link was switched by this run.
+    - On a failure after some links were switched (the task then reports C(changed)), those.
   returned: when installing
   type: list
   elements: str
   sample: [executor/cargo-audit]
 components:
-  description: Components with at least one newly installed artifact (to restart).
+  description: Components with at least one newly installed artifact (to restart), also on a
+    failure after the switch, and those of RV(restart_owed).
+  returned: when installing
+  type: list
+  elements: str
+  sample: [executor]
+restart_owed:
+  description: Components whose binary an earlier run switched without the restart that
+    follows (see O(pending_dir)); they are in RV(components) too.
   returned: when installing
   type: list
   elements: str
@@ -140,11 +168,18 @@ inventory:
   returned: when installing
   type: str
   sample: /opt/kernelfence/bin/inventory.json
+missing_libraries:
+  description: The Python libraries the task needs and could not import (see requirements).
+  returned: when one is missing
+  type: list
+  elements: str
+  sample: [sigstore]
 """
 
 import os
+import traceback
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     Artifact,
     VerificationFailed,
@@ -152,10 +187,48 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_ver
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_install import (
     INVENTORY,
+    PENDING_DIR,
     InstallFailed,
     Item,
     install,
 )
+
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+
+
+def _components(labels: list[str]) -> list[str]:
+    return sorted({label.split("/")[0] for label in labels})
+
+
+def _mark(pending_dir: str, components: list[str]) -> None:
+    """Note the components whose service must restart on the switched binary."""
+    if components:
+        os.makedirs(pending_dir, mode=0o700, exist_ok=True)
+    for component in components:
+        with open(os.path.join(pending_dir, component), "w", encoding="utf-8"):
+            pass
+
+
+def _owed(pending_dir: str) -> list[str]:
+    try:
+        return sorted(os.listdir(pending_dir))
+    except FileNotFoundError:
+        return []
+
+
+def _current(root: str, item: Item) -> str | None:
+    """The version directory the artifact's ``current`` link names now."""
+    try:
+        return os.readlink(os.path.join(item.base(root), "current"))
+    except OSError:
+        return None
 
 
 def _recheck(module: AnsibleModule, items: list[dict]) -> None:
@@ -193,6 +266,7 @@ def main() -> None:
             "install_root": {"type": "path", "default": "/opt/kernelfence/bin"},
             "recheck_on_host": {"type": "bool", "default": False},
             "items": {"type": "list", "elements": "dict"},
+            "pending_dir": {"type": "path", "default": PENDING_DIR},
         },
         supports_check_mode=True,
     )
@@ -201,18 +275,39 @@ def main() -> None:
     if raw_items is None:
         module.fail_json(msg="call kernelfence.isolation.artifact_verify as a task: its action "
                          "plugin verifies on the controller and stages the files")
+    if module.params["recheck_on_host"] and not HAS_CRYPTOGRAPHY:
+        module.fail_json(
+            msg=missing_required_lib("cryptography", reason="to verify the signatures again on "
+                                     "the host (recheck_on_host)")
+            + ". Fix: apt-get install python3-cryptography on the target, or set "
+            "recheck_on_host: false",
+            missing_libraries=["cryptography"], exception=CRYPTOGRAPHY_IMPORT_ERROR)
+    pending_dir = module.params["pending_dir"]
+    items = [Item.from_dict(i) for i in raw_items]
+    before = {item.label: _current(root, item) for item in items}
     try:
         if module.params["recheck_on_host"] and not module.check_mode:
             _recheck(module, raw_items)
-        result = install(root, [Item.from_dict(i) for i in raw_items], module.check_mode)
-    except (InstallFailed, VerificationFailed) as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"installing under {root} failed: {exc}")
-    components = sorted({label.split("/")[0] for label in result["installed"]})
-    module.exit_json(changed=result["changed"], installed=result["installed"],
+        result = install(root, items, module.check_mode)
+    except (InstallFailed, VerificationFailed, OSError) as exc:
+        msg = str(exc) if not isinstance(exc, OSError) else f"installing under {root} failed: {exc}"
+        # A failure after some `current` links moved (e.g. writing the inventory) changed the
+        # host: say so, and which components now run a binary their service has not restarted on.
+        switched = sorted(i.label for i in items if _current(root, i) != before[i.label])
+        components = _components(switched)
+        if not module.check_mode:
+            _mark(pending_dir, components)
+        module.fail_json(msg=msg, changed=bool(switched), installed=switched,
+                         components=components)
+    components = _components(result["installed"])
+    if not module.check_mode and not result["needs_staging"]:
+        _mark(pending_dir, components)
+    # Switched by an earlier run whose restart did not happen (the play failed before it).
+    owed = [c for c in _owed(pending_dir) if c in {i.component for i in items}]
+    module.exit_json(changed=result["changed"] or bool(owed), installed=result["installed"],
                      needs_staging=result["needs_staging"], previous=result["previous"],
-                     components=components, inventory=os.path.join(root, INVENTORY))
+                     components=sorted({*components, *owed}), restart_owed=owed,
+                     inventory=os.path.join(root, INVENTORY))
 
 
 if __name__ == "__main__":

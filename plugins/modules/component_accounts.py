@@ -98,13 +98,21 @@ EXAMPLES = r"""
 
 RETURN = r"""
 actions:
-  description: What was done (or would be, in check mode), one line each.
+  description:
+    - What was done (or would be, in check mode), one line each.
+    - When an action fails, the actions done before it (the task then reports C(changed) if
+      there are any; the next run plans again from what the host has).
   returned: always
   type: list
   elements: str
   sample:
     - "+ group kf-executor"
     - "+ dir /var/lib/kernelfence/executor kf-executor:kf-executor 0700"
+failed_action:
+  description: The action that failed.
+  returned: failure
+  type: str
+  sample: "+ group kf-executor"
 """
 
 import grp
@@ -131,7 +139,8 @@ def _stat(path: str):
     return st.st_uid, st.st_gid, st.st_mode & 0o7777
 
 
-def _apply(module: AnsibleModule, action: dict) -> None:
+def _apply(module: AnsibleModule, action: dict) -> str | None:
+    """Carry out one action; None when it worked, else why not."""
     kind = action["action"]
     if kind == "groupadd":
         argv = ["groupadd", "--system", action["name"]]
@@ -151,25 +160,29 @@ def _apply(module: AnsibleModule, action: dict) -> None:
     elif kind == "lock":
         argv = ["usermod", "--lock", action["name"]]
     else:
-        _apply_directory(module, action)
-        return
+        return _apply_directory(action)
     rc, _out, err = module.run_command(argv)
     if rc != 0:
-        module.fail_json(msg=f"{describe(action)}: {argv[0]} failed: {err.strip()}", rc=rc)
+        return f"{describe(action)}: {argv[0]} failed (rc {rc}): {err.strip()}"
+    return None
 
 
-def _apply_directory(module: AnsibleModule, action: dict) -> None:
+def _apply_directory(action: dict) -> str | None:
     path = action["path"]
     try:
+        # Owner and group are looked up first: an unknown one must not leave a new directory.
+        ids = None
+        if action["action"] in ("mkdir", "chown"):
+            ids = (pwd.getpwnam(action["owner"]).pw_uid, grp.getgrnam(action["group"]).gr_gid)
         if action["action"] == "mkdir":
             os.mkdir(path, 0o700)
-        if action["action"] in ("mkdir", "chown"):
-            os.chown(path, pwd.getpwnam(action["owner"]).pw_uid,
-                     grp.getgrnam(action["group"]).gr_gid)
+        if ids is not None:
+            os.chown(path, *ids)
         if action["action"] in ("mkdir", "chmod"):
             os.chmod(path, int(action["mode"], 8))
     except (OSError, KeyError) as exc:
-        module.fail_json(msg=f"{describe(action)}: {exc}")
+        return f"{describe(action)}: {exc}"
+    return None
 
 
 def main():
@@ -198,8 +211,12 @@ def main():
                    _read("/etc/group"), _read("/etc/shadow"), _stat)
     lines = [describe(a) for a in actions]
     if not module.check_mode:
-        for action in actions:
-            _apply(module, action)
+        for done, action in enumerate(actions):
+            error = _apply(module, action)
+            if error:
+                # What was done before the failure is done: changed, and listed.
+                module.fail_json(msg=error, changed=done > 0, actions=lines[:done],
+                                 failed_action=lines[done])
     result = {"changed": bool(actions), "actions": lines}
     if module._diff and actions:
         result["diff"] = {"before": "", "after": "\n".join(lines) + "\n",

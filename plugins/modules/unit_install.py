@@ -15,6 +15,9 @@ description:
     that has a O(units[].threshold).
   - Only when every unit passed are the changed units and files written, each atomically, followed
     by one C(daemon-reload). Nothing is written when any unit fails.
+  - A task that wrote a file reports C(changed) even when a later step (the C(daemon-reload),
+    enabling or starting) fails. A failed C(daemon-reload) is retried by the next run, even when
+    it finds the files as wanted (see O(pending_dir)).
   - Optionally enables and starts the units (sockets before services, in the given order) and
     returns the units that were already running with changed files, for a handler to restart.
 author: kernelfence contributors (@kernelfence)
@@ -104,6 +107,16 @@ options:
     description: Start every unit that is not active.
     type: bool
     default: true
+  pending_dir:
+    description:
+      - Directory of the markers of work an earlier run left undone. Before the first file is
+        written, a marker per changed unit and one for the C(daemon-reload) are created here;
+        the reload marker is removed only after a successful reload, a unit's marker once the
+        unit is returned in RV(restart_needed) or started. A run that finds a marker reloads
+        (and reports the unit as changed) even when every file is already as wanted.
+      - Under C(/run) because a reboot loads every unit file anew.
+    type: path
+    default: /run/kernelfence/unit_install
 """
 
 EXAMPLES = r"""
@@ -124,7 +137,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_units:
-  description: Units whose unit file, drop-in or companion file changed.
+  description:
+    - Units whose unit file, drop-in or companion file changed, in this run or in an earlier one
+      that failed before the change was loaded (see O(pending_dir)).
   returned: always
   type: list
   elements: str
@@ -154,6 +169,11 @@ previous:
   returned: always
   type: list
   elements: dict
+written:
+  description: Paths this run wrote before a later step (a write, the C(daemon-reload)) failed.
+  returned: when a write or the daemon-reload fails
+  type: list
+  elements: str
 installed_at:
   description: Host time (seconds since the epoch) just before the first write; journal lines
     from then on belong to this run.
@@ -170,11 +190,16 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_install import (
+    PENDING_DIR,
+    ApplyFailed,
     UnitInstallError,
+    clear_units,
     installed_path,
+    pending,
     read_text,
     stage_units,
     verify_and_score,
+    write_and_reload,
 )
 
 
@@ -183,22 +208,6 @@ def _needs_write(path: str, content: str, mode: int, uid: int, gid: int) -> bool
         return True
     st = os.stat(path)
     return (st.st_mode & 0o7777) != mode or st.st_uid != uid or st.st_gid != gid
-
-
-def _write(module: AnsibleModule, path: str, content: str, mode: int, uid: int, gid: int) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kf-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.chown(tmp, uid, gid)
-        os.chmod(tmp, mode)
-        os.rename(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        module.fail_json(msg=f"cannot write {path}: {exc}")
 
 
 def _previous(path: str, unit: str | None, component: str | None) -> dict:
@@ -237,6 +246,7 @@ def main():
             "dropin_name": {"type": "str", "default": "50-kernelfence.conf"},
             "enable": {"type": "bool", "default": True},
             "start": {"type": "bool", "default": True},
+            "pending_dir": {"type": "path", "default": PENDING_DIR},
         },
         supports_check_mode=True,
     )
@@ -285,18 +295,25 @@ def main():
             diffs.append({"before_header": path, "after_header": path,
                           "before": read_text(path) or "", "after": item["content"]})
 
+    # Files an earlier run wrote without a successful daemon-reload (or whose units it did not
+    # hand on for a restart): the reload is owed and the units count as changed.
+    reload_owed, owed_units = pending(p["pending_dir"])
     names = [u["name"] for u in units]
+    for name in owed_units:
+        if name in names and name not in changed_units:
+            changed_units.append(name)
     active_before = {}
     for name in names:
         state = _systemctl(module, "is-active", name)[1].strip()
         active_before[name] = state in ("active", "activating", "reloading")
     installed_at = time.time()
-    if writes and not module.check_mode:
-        for path, content, mode, uid, gid in writes:
-            _write(module, path, content, mode, uid, gid)
-        rc, out, err = _systemctl(module, "daemon-reload")
-        if rc != 0:
-            module.fail_json(msg=f"systemctl daemon-reload failed: {err.strip()}")
+    if (writes or reload_owed) and not module.check_mode:
+        try:
+            write_and_reload(writes, changed_units, p["pending_dir"], module.run_command)
+        except ApplyFailed as exc:
+            module.fail_json(msg=str(exc), changed=bool(exc.written), written=exc.written,
+                             changed_units=changed_units, previous=previous,
+                             systemd_version=version)
 
     enabled_now, started = [], []
     if p["enable"]:
@@ -307,7 +324,9 @@ def main():
                 if not module.check_mode:
                     rc, out, err = _systemctl(module, "enable", name)
                     if rc != 0:
-                        module.fail_json(msg=f"systemctl enable {name} failed: {err.strip()}")
+                        module.fail_json(msg=f"systemctl enable {name} failed: {err.strip()}",
+                                         changed=bool(writes or reload_owed or enabled_now[:-1]),
+                                         changed_units=changed_units, previous=previous)
     if p["start"]:
         for name in names:
             if active_before[name]:
@@ -318,10 +337,14 @@ def main():
                 if rc != 0:
                     status = _systemctl(module, "status", "--no-pager", "-n", "20", name)[1]
                     module.fail_json(msg=f"{name} failed to start: {err.strip()}",
-                                     status=status, changed=True)
+                                     status=status, changed=True,
+                                     changed_units=changed_units, previous=previous)
     restart_needed = [n for n in changed_units if active_before.get(n) and n not in started]
+    if not module.check_mode:
+        # Handed on: the role restarts restart_needed; units started by this run run the new files.
+        clear_units(p["pending_dir"], names)
     result = {
-        "changed": bool(writes or enabled_now or started),
+        "changed": bool(writes or reload_owed or enabled_now or started),
         "changed_units": changed_units,
         "started": started,
         "enabled": enabled_now,

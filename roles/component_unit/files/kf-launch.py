@@ -12,7 +12,12 @@ import json
 import os
 import sys
 
-import seccomp
+try:
+    import seccomp
+except ImportError as exc:
+    # Fails closed, naming the package: the workload never starts without its filter.
+    sys.exit(f"kf-launch: the Python binding of libseccomp is missing ({exc}). Fix: apt-get "
+             "install python3-seccomp (the component_unit role installs it on systemd < 257)")
 
 
 def main(argv):
