@@ -7,9 +7,11 @@ express and derives each component's full record (paths, identity) from the few 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import posixpath
 import re
+import shlex
 
 PROFILES = ("orchestrator", "executor", "model_backend", "custom")
 
@@ -73,6 +75,30 @@ ARTIFACT_FIELDS = ("name", "src", "version", "sha256", "key", "signature", "bund
 KEYLESS_FIELDS = ("certificate_identity", "certificate_identity_regexp",
                   "certificate_oidc_issuer", "trusted_root")
 
+# The fields a user may set, level by level (roles/component_model/meta/argument_specs.yml
+# documents each; tests/unit/test_component_model.py keeps the two in step). A nested mapping
+# is a sub-schema; "[]" marks a list of such entries; `directives` is free-form.
+FIELDS: dict = {
+    "name": None, "profile": None, "command": None, "unit": None, "directives": None,
+    "user": None, "group": None, "state_paths": None, "readonly_paths": None,
+    "credentials[]": {"name": None, "src": None, "encrypted": None},
+    "sockets[]": {"name": None, "allow": None},
+    "capabilities": None, "ambient_capabilities": None,
+    "syscalls": {"allow": None, "deny": None},
+    "network": {"egress[]": {"host": None, "port": None, "proto": None},
+                "ingress[]": {"port": None, "proto": None, "from": None}},
+    "artifacts[]": {**{f: None for f in ARTIFACT_FIELDS if f != "sbom"},
+                    "sbom": {"src": None, "signature": None, "bundle": None}},
+}
+# ExecStart= prefixes (systemd.service(5), "Command lines"), all refused in `command`.
+EXEC_PREFIXES = {
+    "-": "'-' ignores the command's failure, so a crashing component would look healthy",
+    "@": "'@' passes a different argv[0], which the bubblewrap wrapper cannot carry",
+    ":": "':' turns off variable expansion, which the wrapper line cannot carry",
+    "+": "'+' runs the command with full privileges, outside the sandbox",
+    "!": "'!' runs the command with elevated privileges, outside the user sandbox",
+}
+
 
 class ModelError(ValueError):
     """A component model error whose text names the component, the field and the fix."""
@@ -80,6 +106,81 @@ class ModelError(ValueError):
 
 def _fail(component: str, field: str, problem: str, fix: str) -> None:
     raise ModelError(f"kernelfence_components[{component}].{field}: {problem}. Fix: {fix}")
+
+
+def _where(index: int, raw: object) -> str:
+    """`kernelfence_components[1] (executor)`: the position, and the name when there is one."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"kernelfence_components[{index}]" + (f" ({name})" if isinstance(name, str) else "")
+
+
+def _unknown_fields(where: str, raw: object, schema: dict) -> None:
+    """Refuse a field the model does not have, at any depth, in a message of a few lines:
+    where it is (component index and name, then the path), the closest known field, the list."""
+    if not isinstance(raw, dict):
+        return
+    known = {key.removesuffix("[]"): key for key in schema}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ModelError(f"{where}: unknown field {key!r}. Fix: {hint}the fields here are "
+                             f"{', '.join(sorted(known))}")
+    for key, spec_key in known.items():
+        sub = schema[spec_key]
+        value = raw.get(key)
+        if sub is None or value is None:
+            continue
+        if spec_key.endswith("[]"):
+            for i, entry in enumerate(value if isinstance(value, list) else []):
+                label = entry.get("name") if isinstance(entry, dict) else None
+                _unknown_fields(f"{where}.{key}[{label if isinstance(label, str) else i}]",
+                                entry, sub)
+        else:
+            _unknown_fields(f"{where}.{key}", value, sub)
+
+
+def check_fields(components: object) -> None:
+    """Every component is a mapping of known fields (raises ModelError naming the first one
+    that is not, by index and name)."""
+    if not isinstance(components, list):
+        raise ModelError("kernelfence_components: must be a list of components. Fix: see the "
+                         "component model in the collection README")
+    for index, raw in enumerate(components):
+        if not isinstance(raw, dict):
+            raise ModelError(f"kernelfence_components[{index}]: {raw!r:.60} is not a mapping. "
+                             "Fix: give each component as {name: ..., profile: ...}")
+        _unknown_fields(_where(index, raw), raw, FIELDS)
+
+
+def check_command(component: str, command: object) -> str | None:
+    """The ExecStart= command line: its first word an absolute, normalized path, no prefix."""
+    if command is None:
+        return None
+    if not isinstance(command, str) or not command.strip():
+        _fail(component, "command", f"{command!r} is not a command line",
+              "give the absolute path of the program and its arguments as one string")
+    if "\n" in command or "\r" in command:
+        _fail(component, "command", "the command line spans several lines", "give one line")
+    text = command.strip()
+    if text[0] in EXEC_PREFIXES:
+        _fail(component, "command", f"{text.split()[0]!r} starts with an ExecStart= prefix: "
+              f"{EXEC_PREFIXES[text[0]]}", "remove the prefix; the profile decides how the "
+              "command runs")
+    try:
+        program = shlex.split(text)[0]
+    except ValueError as exc:
+        _fail(component, "command", f"cannot split {text!r} into words ({exc})",
+              "close the quotes")
+    if not program.startswith("/"):
+        _fail(component, "command", f"the program {program!r} is not an absolute path",
+              f"give its full path, e.g. /usr/bin/{posixpath.basename(program) or program} "
+              f"(`command -v {posixpath.basename(program) or program}` on the host)")
+    norm = posixpath.normpath(program)
+    if norm != program:
+        _fail(component, "command", f"the program {program!r} is not a normalized path",
+              f"write it as {norm!r}")
+    return text
 
 
 def normalize_capability(component: str, field: str, name: str) -> str:
@@ -381,7 +482,7 @@ def normalize_component(raw: dict, roots: dict[str, str],
     return {
         "name": name,
         "profile": profile,
-        "command": raw.get("command"),
+        "command": check_command(name, raw.get("command")),
         "unit": unit,
         "directives": _directives(name, raw.get("directives") or {}),
         "user": user,
@@ -405,9 +506,7 @@ def normalize_component(raw: dict, roots: dict[str, str],
 def normalize_components(components: list[dict], roots: dict[str, str] | None = None,
                          writable_roots: list[str] | None = None) -> list[dict]:
     """Validate the whole model (cross-field rules included) and return the derived records."""
-    if not isinstance(components, list):
-        raise ModelError("kernelfence_components: must be a list of components. Fix: see the "
-                         "component model in the collection README")
+    check_fields(components)
     roots = {**DEFAULT_ROOTS, **(roots or {})}
     wroots = tuple(r.rstrip("/") + "/" for r in (writable_roots or DEFAULT_WRITABLE_ROOTS))
     records = [normalize_component(raw, roots, wroots) for raw in components]
@@ -474,3 +573,31 @@ def directories(records: list[dict]) -> list[dict]:
         out += [{"path": p, "owner": rec["user"], "group": rec["group"], "mode": "0700",
                  "component": rec["name"]} for p in rec["state_paths"]]
     return out
+
+
+def identity_requirements(records: list[dict]) -> list[str]:
+    """What component_identity creates, as `component kind name` triples (flattened for a
+    shell loop): users, groups (client groups too), then directories."""
+    out: list[str] = []
+    for rec in records:
+        out += [rec["name"], "user", rec["user"], rec["name"], "group", rec["group"]]
+        if rec.get("client_group"):
+            out += [rec["name"], "group", rec["client_group"]]
+    for entry in directories(records):
+        out += [entry["component"] or "-", "directory", entry["path"]]
+    return out
+
+
+def missing_identities(report: str, role: str) -> str:
+    """The failure for the `component kind name` lines of what does not exist on the host."""
+    missing: dict[str, list[str]] = {}
+    for line in report.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            missing.setdefault(parts[0], []).append(f"{parts[1]} {parts[2]}")
+    where = "; ".join((f"kernelfence_components[{comp}]" if comp != "-" else "shared roots")
+                      + ": " + ", ".join(items) for comp, items in missing.items())
+    return (f"{role}: the component identities it needs do not exist on this host ({where}). "
+            "Nothing was changed. Fix: run the kernelfence.isolation.component_identity role "
+            f"first, with the same kernelfence_components (before {role} in the same play, "
+            "or use playbooks/site.yml)")

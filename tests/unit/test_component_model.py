@@ -49,3 +49,23 @@ def test_directories_are_least_privilege():
     assert by_path["/var/lib/kernelfence"] == {"path": "/var/lib/kernelfence", "owner": "root",
                                                "group": "root", "mode": "0755", "component": None}
     assert all(d["mode"][-1] == "0" for d in by_path.values() if d["component"])
+
+
+def _spec_fields(options):
+    """The spec's options as the model's FIELDS shape (list of dicts with options -> 'x[]')."""
+    out = {}
+    for key, opt in options.items():
+        sub = _spec_fields(opt["options"]) if "options" in opt else None
+        out[f"{key}[]" if sub is not None and opt.get("type") == "list" else key] = sub
+    return out
+
+
+def test_model_fields_are_the_argument_spec_fields():
+    """The fields the model accepts are exactly those the role's argument spec documents."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+        FIELDS,
+    )
+    repo = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((repo / "roles/component_model/meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["preflight"]["options"]["kernelfence_components"]["options"]
+    assert _spec_fields(options) == FIELDS
