@@ -17,7 +17,9 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     directories,
     identity_requirements,
     missing_identities,
+    missing_named_units,
     normalize_components,
+    restart_targets,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     service_directives,
@@ -132,4 +134,6 @@ class FilterModule:
             "seccomp_profile": _seccomp_profile,
             "identity_requirements": identity_requirements,
             "missing_identities": missing_identities,
+            "restart_targets": restart_targets,
+            "missing_named_units": missing_named_units,
         }

@@ -601,3 +601,50 @@ def missing_identities(report: str, role: str) -> str:
             "Nothing was changed. Fix: run the kernelfence.isolation.component_identity role "
             f"first, with the same kernelfence_components (before {role} in the same play, "
             "or use playbooks/site.yml)")
+
+
+def service_unit(record: dict) -> str | None:
+    """The unit that runs the component: the operator's own `unit`, else kernelfence's
+    kf-<name>.service when it has a command, else none (it runs no service)."""
+    if record.get("unit"):
+        return str(record["unit"])
+    return f"kf-{record['name']}.service" if record.get("command") else None
+
+
+def restart_targets(records: list[dict], changed: list[str]) -> list[str]:
+    """`own:UNIT` or `ours:UNIT` for each changed component that runs a service. An `own` unit
+    (the operator's, named by `unit`) must exist; an `ours` one may not exist yet on a first
+    run, where component_unit installs it later in the play and starts it on the new binary."""
+    out = []
+    for rec in records:
+        unit = service_unit(rec) if rec["name"] in changed else None
+        if unit:
+            out.append(f"{'own' if rec.get('unit') else 'ours'}:{unit}")
+    return out
+
+
+def units_not_loaded(show_output: str) -> dict[str, str]:
+    """{unit: LoadState} of the units `systemctl show --property=Id,LoadState U...` did not
+    find loaded (blocks of Id= and LoadState= lines, separated by blank lines)."""
+    out = {}
+    for block in show_output.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("Id") and props.get("LoadState") != "loaded":
+            out[props["Id"]] = props.get("LoadState") or "unknown"
+    return out
+
+
+def missing_named_units(records: list[dict], show_output: str) -> str:
+    """The failure when a component with artifacts names (`unit`) a unit that does not exist
+    on the host; '' when every named unit is loaded."""
+    absent = units_not_loaded(show_output)
+    named = [(rec["name"], rec["unit"]) for rec in records
+             if rec.get("artifacts") and rec.get("unit") in absent]
+    if not named:
+        return ""
+    return "; ".join(
+        f"kernelfence_components[{name}].unit: {unit} does not exist on this host "
+        f"(LoadState={absent[unit]}), so the restart after its new binary cannot reach it"
+        for name, unit in named) + (". Nothing was changed. Fix: install that unit first, or "
+                                    "remove `unit` so that kernelfence writes "
+                                    "kf-<name>.service")
