@@ -140,6 +140,16 @@ def _unknown_fields(where: str, raw: object, schema: dict) -> None:
             _unknown_fields(f"{where}.{key}", value, sub)
 
 
+def _list(component: str, field: str, value: object) -> list:
+    """A list field as given ([] when unset); a single value is refused rather than iterated
+    (a string would be read character by character)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        _fail(component, field, f"{value!r:.60} is not a list", f"write it as [{value!r:.40}]")
+    return value
+
+
 def check_fields(components: object) -> None:
     """Every component is a mapping of known fields (raises ModelError naming the first one
     that is not, by index and name)."""
@@ -458,12 +468,13 @@ def normalize_component(raw: dict, roots: dict[str, str],
                   "use a lower-case name of at most 32 characters that is not root")
     state_dir = f"{roots['state']}/{name}"
     state_paths = [_check_path(name, "state_paths", p, writable_roots)
-                   for p in raw.get("state_paths") or []]
+                   for p in _list(name, "state_paths", raw.get("state_paths"))]
     readonly_paths = [_check_path(name, "readonly_paths", p, None)
-                      for p in raw.get("readonly_paths") or []]
-    caps = [normalize_capability(name, "capabilities", c) for c in raw.get("capabilities") or []]
+                      for p in _list(name, "readonly_paths", raw.get("readonly_paths"))]
+    caps = [normalize_capability(name, "capabilities", c)
+            for c in _list(name, "capabilities", raw.get("capabilities"))]
     credentials = []
-    for cred in raw.get("credentials") or []:
+    for cred in _list(name, "credentials", raw.get("credentials")):
         cred_name = cred.get("name", "")
         if not CREDENTIAL_RE.match(cred_name):
             _fail(name, "credentials.name", f"{cred_name!r} is not a valid credential name",
@@ -494,12 +505,13 @@ def normalize_component(raw: dict, roots: dict[str, str],
         "state_paths": state_paths,
         "readonly_paths": readonly_paths,
         "credentials": credentials,
-        "sockets": list(raw.get("sockets") or []),
+        "sockets": list(_list(name, "sockets", raw.get("sockets"))),
         "capabilities": caps,
         "ambient_capabilities": bool(raw.get("ambient_capabilities", False)),
         "syscalls": dict(raw.get("syscalls") or {}),
         "network": _network_model(name, raw.get("network")),
-        "artifacts": normalize_artifacts(name, raw.get("artifacts"), roots["bin"]),
+        "artifacts": normalize_artifacts(name, _list(name, "artifacts", raw.get("artifacts")),
+                                         roots["bin"]),
     }
 
 
@@ -535,7 +547,8 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
             if not CREDENTIAL_RE.match(str(sock.get("name", ""))):
                 _fail(rec["name"], "sockets.name", f"{sock.get('name')!r} is not a file name",
                       "use letters, digits, '_', '.' or '-'")
-            for peer in sock.get("allow") or []:
+            for peer in _list(rec["name"], f"sockets[{sock.get('name')}].allow",
+                              sock.get("allow")):
                 if peer not in names:
                     _fail(rec["name"], f"sockets[{sock.get('name')}].allow",
                           f"unknown component {peer!r}",
