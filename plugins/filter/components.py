@@ -14,6 +14,7 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
     ModelError,
     check_fields,
+    component_label,
     directories,
     identity_requirements,
     missing_identities,
@@ -59,9 +60,7 @@ def _spec_errors(components, roots, writable_roots) -> list[str]:
     if errors:
         return errors
     for index, raw in enumerate(components):
-        name = raw.get("name")
-        where = f"kernelfence_components[{index}]" + (f" ({name})" if isinstance(name, str)
-                                                       else "")
+        where = component_label(index, raw)
         errors += [f"{where}: {e}" for e in
                    ArgumentSpecValidator(component_spec).validate(raw).error_messages]
     return errors

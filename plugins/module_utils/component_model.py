@@ -108,7 +108,7 @@ def _fail(component: str, field: str, problem: str, fix: str) -> None:
     raise ModelError(f"kernelfence_components[{component}].{field}: {problem}. Fix: {fix}")
 
 
-def _where(index: int, raw: object) -> str:
+def component_label(index: int, raw: object) -> str:
     """`kernelfence_components[1] (executor)`: the position, and the name when there is one."""
     name = raw.get("name") if isinstance(raw, dict) else None
     return f"kernelfence_components[{index}]" + (f" ({name})" if isinstance(name, str) else "")
@@ -160,7 +160,7 @@ def check_fields(components: object) -> None:
         if not isinstance(raw, dict):
             raise ModelError(f"kernelfence_components[{index}]: {raw!r:.60} is not a mapping. "
                              "Fix: give each component as {name: ..., profile: ...}")
-        _unknown_fields(_where(index, raw), raw, FIELDS)
+        _unknown_fields(component_label(index, raw), raw, FIELDS)
 
 
 def check_command(component: str, command: object) -> str | None:
