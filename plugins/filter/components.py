@@ -4,11 +4,23 @@
 
 from __future__ import annotations
 
+import copy
+from functools import cache
+from pathlib import Path
+
+import yaml
 from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
     ModelError,
+    check_fields,
+    component_label,
     directories,
+    identity_requirements,
+    missing_identities,
+    missing_named_units,
     normalize_components,
+    restart_targets,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     service_directives,
@@ -22,9 +34,46 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_prof
     parse_syscall_groups,
 )
 
+SPEC_FILE = Path(__file__).resolve().parents[2] / "roles/component_model/meta/argument_specs.yml"
+
+
+@cache
+def _preflight_spec() -> dict:
+    """The options of component_model's `preflight` entry point (its argument spec)."""
+    spec = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
+    return spec["argument_specs"]["preflight"]["options"]
+
+
+def _spec_errors(components, roots, writable_roots) -> list[str]:
+    """The argument spec's own checks (types, required fields), each error prefixed with the
+    component it is about. The public roles include the preflight with rolespec_validate off:
+    ansible's validation would name neither the component's index nor its name, and prints
+    the whole spec with the error."""
+    options = copy.deepcopy(_preflight_spec())
+    component_spec = options["kernelfence_components"].pop("options")
+    top = {"kernelfence_components": components}
+    if roots is not None:
+        top["component_model_roots"] = roots
+    if writable_roots is not None:
+        top["component_model_writable_roots"] = writable_roots
+    errors = [str(e) for e in ArgumentSpecValidator(options).validate(top).error_messages]
+    if errors:
+        return errors
+    for index, raw in enumerate(components):
+        where = component_label(index, raw)
+        errors += [f"{where}: {e}" for e in
+                   ArgumentSpecValidator(component_spec).validate(raw).error_messages]
+    return errors
+
 
 def _normalize(components, roots=None, writable_roots=None):
     try:
+        # Unknown fields first (the closest field named), then types, then the model's rules.
+        check_fields(components)
+        errors = _spec_errors(components, roots, writable_roots)
+        if errors:
+            raise ModelError(" | ".join(errors[:5]) + ". Fix: see the component model in "
+                             "roles/component_model/meta/argument_specs.yml")
         return normalize_components(components, roots, writable_roots)
     except ModelError as exc:
         raise AnsibleFilterError(str(exc)) from exc
@@ -82,4 +131,8 @@ class FilterModule:
             "exec_start": _exec_start,
             "exposure_threshold": _exposure_threshold,
             "seccomp_profile": _seccomp_profile,
+            "identity_requirements": identity_requirements,
+            "missing_identities": missing_identities,
+            "restart_targets": restart_targets,
+            "missing_named_units": missing_named_units,
         }

@@ -7,9 +7,11 @@ express and derives each component's full record (paths, identity) from the few 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import posixpath
 import re
+import shlex
 
 PROFILES = ("orchestrator", "executor", "model_backend", "custom")
 
@@ -73,6 +75,30 @@ ARTIFACT_FIELDS = ("name", "src", "version", "sha256", "key", "signature", "bund
 KEYLESS_FIELDS = ("certificate_identity", "certificate_identity_regexp",
                   "certificate_oidc_issuer", "trusted_root")
 
+# The fields a user may set, level by level (roles/component_model/meta/argument_specs.yml
+# documents each; tests/unit/test_component_model.py keeps the two in step). A nested mapping
+# is a sub-schema; "[]" marks a list of such entries; `directives` is free-form.
+FIELDS: dict = {
+    "name": None, "profile": None, "command": None, "unit": None, "directives": None,
+    "user": None, "group": None, "state_paths": None, "readonly_paths": None,
+    "credentials[]": {"name": None, "src": None, "encrypted": None},
+    "sockets[]": {"name": None, "allow": None},
+    "capabilities": None, "ambient_capabilities": None,
+    "syscalls": {"allow": None, "deny": None},
+    "network": {"egress[]": {"host": None, "port": None, "proto": None},
+                "ingress[]": {"port": None, "proto": None, "from": None}},
+    "artifacts[]": {**{f: None for f in ARTIFACT_FIELDS if f != "sbom"},
+                    "sbom": {"src": None, "signature": None, "bundle": None}},
+}
+# ExecStart= prefixes (systemd.service(5), "Command lines"), all refused in `command`.
+EXEC_PREFIXES = {
+    "-": "'-' ignores the command's failure, so a crashing component would look healthy",
+    "@": "'@' passes a different argv[0], which the bubblewrap wrapper cannot carry",
+    ":": "':' turns off variable expansion, which the wrapper line cannot carry",
+    "+": "'+' runs the command with full privileges, outside the sandbox",
+    "!": "'!' runs the command with elevated privileges, outside the user sandbox",
+}
+
 
 class ModelError(ValueError):
     """A component model error whose text names the component, the field and the fix."""
@@ -80,6 +106,91 @@ class ModelError(ValueError):
 
 def _fail(component: str, field: str, problem: str, fix: str) -> None:
     raise ModelError(f"kernelfence_components[{component}].{field}: {problem}. Fix: {fix}")
+
+
+def component_label(index: int, raw: object) -> str:
+    """`kernelfence_components[1] (executor)`: the position, and the name when there is one."""
+    name = raw.get("name") if isinstance(raw, dict) else None
+    return f"kernelfence_components[{index}]" + (f" ({name})" if isinstance(name, str) else "")
+
+
+def _unknown_fields(where: str, raw: object, schema: dict) -> None:
+    """Refuse a field the model does not have, at any depth, in a message of a few lines:
+    where it is (component index and name, then the path), the closest known field, the list."""
+    if not isinstance(raw, dict):
+        return
+    known = {key.removesuffix("[]"): key for key in schema}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ModelError(f"{where}: unknown field {key!r}. Fix: {hint}the fields here are "
+                             f"{', '.join(sorted(known))}")
+    for key, spec_key in known.items():
+        sub = schema[spec_key]
+        value = raw.get(key)
+        if sub is None or value is None:
+            continue
+        if spec_key.endswith("[]"):
+            for i, entry in enumerate(value if isinstance(value, list) else []):
+                label = entry.get("name") if isinstance(entry, dict) else None
+                _unknown_fields(f"{where}.{key}[{label if isinstance(label, str) else i}]",
+                                entry, sub)
+        else:
+            _unknown_fields(f"{where}.{key}", value, sub)
+
+
+def _list(component: str, field: str, value: object) -> list:
+    """A list field as given ([] when unset); a single value is refused rather than iterated
+    (a string would be read character by character)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        _fail(component, field, f"{value!r:.60} is not a list", f"write it as [{value!r:.40}]")
+    return value
+
+
+def check_fields(components: object) -> None:
+    """Every component is a mapping of known fields (raises ModelError naming the first one
+    that is not, by index and name)."""
+    if not isinstance(components, list):
+        raise ModelError("kernelfence_components: must be a list of components. Fix: see "
+                         "docs/component-model.md in the collection")
+    for index, raw in enumerate(components):
+        if not isinstance(raw, dict):
+            raise ModelError(f"kernelfence_components[{index}]: {raw!r:.60} is not a mapping. "
+                             "Fix: give each component as {name: ..., profile: ...}")
+        _unknown_fields(component_label(index, raw), raw, FIELDS)
+
+
+def check_command(component: str, command: object) -> str | None:
+    """The ExecStart= command line: its first word an absolute, normalized path, no prefix."""
+    if command is None:
+        return None
+    if not isinstance(command, str) or not command.strip():
+        _fail(component, "command", f"{command!r} is not a command line",
+              "give the absolute path of the program and its arguments as one string")
+    if "\n" in command or "\r" in command:
+        _fail(component, "command", "the command line spans several lines", "give one line")
+    text = command.strip()
+    if text[0] in EXEC_PREFIXES:
+        _fail(component, "command", f"{text.split()[0]!r} starts with an ExecStart= prefix: "
+              f"{EXEC_PREFIXES[text[0]]}", "remove the prefix; the profile decides how the "
+              "command runs")
+    try:
+        program = shlex.split(text)[0]
+    except ValueError as exc:
+        _fail(component, "command", f"cannot split {text!r} into words ({exc})",
+              "close the quotes")
+    if not program.startswith("/"):
+        _fail(component, "command", f"the program {program!r} is not an absolute path",
+              f"give its full path, e.g. /usr/bin/{posixpath.basename(program) or program} "
+              f"(`command -v {posixpath.basename(program) or program}` on the host)")
+    norm = posixpath.normpath(program)
+    if norm != program:
+        _fail(component, "command", f"the program {program!r} is not a normalized path",
+              f"write it as {norm!r}")
+    return text
 
 
 def normalize_capability(component: str, field: str, name: str) -> str:
@@ -357,12 +468,13 @@ def normalize_component(raw: dict, roots: dict[str, str],
                   "use a lower-case name of at most 32 characters that is not root")
     state_dir = f"{roots['state']}/{name}"
     state_paths = [_check_path(name, "state_paths", p, writable_roots)
-                   for p in raw.get("state_paths") or []]
+                   for p in _list(name, "state_paths", raw.get("state_paths"))]
     readonly_paths = [_check_path(name, "readonly_paths", p, None)
-                      for p in raw.get("readonly_paths") or []]
-    caps = [normalize_capability(name, "capabilities", c) for c in raw.get("capabilities") or []]
+                      for p in _list(name, "readonly_paths", raw.get("readonly_paths"))]
+    caps = [normalize_capability(name, "capabilities", c)
+            for c in _list(name, "capabilities", raw.get("capabilities"))]
     credentials = []
-    for cred in raw.get("credentials") or []:
+    for cred in _list(name, "credentials", raw.get("credentials")):
         cred_name = cred.get("name", "")
         if not CREDENTIAL_RE.match(cred_name):
             _fail(name, "credentials.name", f"{cred_name!r} is not a valid credential name",
@@ -381,7 +493,7 @@ def normalize_component(raw: dict, roots: dict[str, str],
     return {
         "name": name,
         "profile": profile,
-        "command": raw.get("command"),
+        "command": check_command(name, raw.get("command")),
         "unit": unit,
         "directives": _directives(name, raw.get("directives") or {}),
         "user": user,
@@ -393,21 +505,20 @@ def normalize_component(raw: dict, roots: dict[str, str],
         "state_paths": state_paths,
         "readonly_paths": readonly_paths,
         "credentials": credentials,
-        "sockets": list(raw.get("sockets") or []),
+        "sockets": list(_list(name, "sockets", raw.get("sockets"))),
         "capabilities": caps,
         "ambient_capabilities": bool(raw.get("ambient_capabilities", False)),
         "syscalls": dict(raw.get("syscalls") or {}),
         "network": _network_model(name, raw.get("network")),
-        "artifacts": normalize_artifacts(name, raw.get("artifacts"), roots["bin"]),
+        "artifacts": normalize_artifacts(name, _list(name, "artifacts", raw.get("artifacts")),
+                                         roots["bin"]),
     }
 
 
 def normalize_components(components: list[dict], roots: dict[str, str] | None = None,
                          writable_roots: list[str] | None = None) -> list[dict]:
     """Validate the whole model (cross-field rules included) and return the derived records."""
-    if not isinstance(components, list):
-        raise ModelError("kernelfence_components: must be a list of components. Fix: see "
-                         "docs/component-model.md in the collection")
+    check_fields(components)
     roots = {**DEFAULT_ROOTS, **(roots or {})}
     wroots = tuple(r.rstrip("/") + "/" for r in (writable_roots or DEFAULT_WRITABLE_ROOTS))
     records = [normalize_component(raw, roots, wroots) for raw in components]
@@ -436,7 +547,8 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
             if not CREDENTIAL_RE.match(str(sock.get("name", ""))):
                 _fail(rec["name"], "sockets.name", f"{sock.get('name')!r} is not a file name",
                       "use letters, digits, '_', '.' or '-'")
-            for peer in sock.get("allow") or []:
+            for peer in _list(rec["name"], f"sockets[{sock.get('name')}].allow",
+                              sock.get("allow")):
                 if peer not in names:
                     _fail(rec["name"], f"sockets[{sock.get('name')}].allow",
                           f"unknown component {peer!r}",
@@ -474,3 +586,78 @@ def directories(records: list[dict]) -> list[dict]:
         out += [{"path": p, "owner": rec["user"], "group": rec["group"], "mode": "0700",
                  "component": rec["name"]} for p in rec["state_paths"]]
     return out
+
+
+def identity_requirements(records: list[dict]) -> list[str]:
+    """What component_identity creates, as `component kind name` triples (flattened for a
+    shell loop): users, groups (client groups too), then directories."""
+    out: list[str] = []
+    for rec in records:
+        out += [rec["name"], "user", rec["user"], rec["name"], "group", rec["group"]]
+        if rec.get("client_group"):
+            out += [rec["name"], "group", rec["client_group"]]
+    for entry in directories(records):
+        out += [entry["component"] or "-", "directory", entry["path"]]
+    return out
+
+
+def missing_identities(report: str, role: str) -> str:
+    """The failure for the `component kind name` lines of what does not exist on the host."""
+    missing: dict[str, list[str]] = {}
+    for line in report.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            missing.setdefault(parts[0], []).append(f"{parts[1]} {parts[2]}")
+    where = "; ".join((f"kernelfence_components[{comp}]" if comp != "-" else "shared roots")
+                      + ": " + ", ".join(items) for comp, items in missing.items())
+    return (f"{role}: the component identities it needs do not exist on this host ({where}). "
+            "Nothing was changed. Fix: run the kernelfence.isolation.component_identity role "
+            f"first, with the same kernelfence_components (before {role} in the same play, "
+            "or use playbooks/site.yml)")
+
+
+def service_unit(record: dict) -> str | None:
+    """The unit that runs the component: the operator's own `unit`, else kernelfence's
+    kf-<name>.service when it has a command, else none (it runs no service)."""
+    if record.get("unit"):
+        return str(record["unit"])
+    return f"kf-{record['name']}.service" if record.get("command") else None
+
+
+def restart_targets(records: list[dict], changed: list[str]) -> list[str]:
+    """`own:UNIT` or `ours:UNIT` for each changed component that runs a service. An `own` unit
+    (the operator's, named by `unit`) must exist; an `ours` one may not exist yet on a first
+    run, where component_unit installs it later in the play and starts it on the new binary."""
+    out = []
+    for rec in records:
+        unit = service_unit(rec) if rec["name"] in changed else None
+        if unit:
+            out.append(f"{'own' if rec.get('unit') else 'ours'}:{unit}")
+    return out
+
+
+def units_not_loaded(show_output: str) -> dict[str, str]:
+    """{unit: LoadState} of the units `systemctl show --property=Id,LoadState U...` did not
+    find loaded (blocks of Id= and LoadState= lines, separated by blank lines)."""
+    out = {}
+    for block in show_output.strip().split("\n\n"):
+        props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if props.get("Id") and props.get("LoadState") != "loaded":
+            out[props["Id"]] = props.get("LoadState") or "unknown"
+    return out
+
+
+def missing_named_units(records: list[dict], show_output: str) -> str:
+    """The failure when a component with artifacts names (`unit`) a unit that does not exist
+    on the host; '' when every named unit is loaded."""
+    absent = units_not_loaded(show_output)
+    named = [(rec["name"], rec["unit"]) for rec in records
+             if rec.get("artifacts") and rec.get("unit") in absent]
+    if not named:
+        return ""
+    return "; ".join(
+        f"kernelfence_components[{name}].unit: {unit} does not exist on this host "
+        f"(LoadState={absent[unit]}), so the restart after its new binary cannot reach it"
+        for name, unit in named) + (". Nothing was changed. Fix: install that unit first, or "
+                                    "remove `unit` so that kernelfence writes "
+                                    "kf-<name>.service")

@@ -24,9 +24,16 @@ FILES = {
 }
 
 
-def read_facts(root: str = "/") -> dict[str, str | None]:
-    """The raw text of every file the checks read (None when the file does not exist)."""
-    facts: dict[str, str | None] = {}
+# sd_booted(3): a system was booted with systemd as its init when this directory exists.
+BOOTED_DIR = "/run/systemd/system"
+
+
+def read_facts(root: str = "/") -> dict[str, str | bool | None]:
+    """The raw text of every file the checks read (None when the file does not exist), and
+    whether the host was booted with systemd (sd_booted's rule)."""
+    facts: dict[str, str | bool | None] = {
+        "systemd_booted": os.path.isdir(os.path.join(root, BOOTED_DIR.lstrip("/"))),
+    }
     for key, path in FILES.items():
         try:
             with open(os.path.join(root, path.lstrip("/")), encoding="utf-8") as fh:
@@ -75,16 +82,28 @@ def _status_field(status: str | None, key: str) -> str | None:
 
 
 def problems(facts: dict, version_output: str, nft_rc: int | None, nft_err: str = "") -> list[str]:
-    """One sentence per requirement this host misses, naming the fix; [] when it is ready."""
+    """One sentence per requirement this host misses, naming the fix; [] when it is ready.
+
+    A host not booted with systemd is said first, and alone of the init's concerns: the cgroup
+    layout is then the other init's, so a cgroup boot option would be the wrong advice.
+    (`facts` without the key, recorded before it was read, count as booted.)"""
     out = []
+    booted = facts.get("systemd_booted", True)
+    if not booted:
+        out.append(f"systemd: this host was not booted with systemd as its init (PID 1): "
+                   f"{BOOTED_DIR} does not exist, so no unit can be installed, started or "
+                   "sandboxed (a container or chroot without systemd, or another init). Fix: "
+                   "run the components on a host or VM booted with systemd (e.g. Debian 12 "
+                   "or 13), or a container started with systemd as PID 1")
     version = systemd_version(version_output)
     if version is None:
         out.append(f"systemd: cannot read the version from `systemctl --version` "
-                   f"({version_output.strip()[:80]!r}). Fix: the components need systemd as PID 1")
+                   f"({version_output.strip()[:80]!r}). Fix: install systemd (the components "
+                   "need it as PID 1)")
     elif version < MIN_SYSTEMD:
         out.append(f"systemd {version} is older than {MIN_SYSTEMD}, the oldest this collection "
                    "verifies and scores units with. Fix: upgrade the host (Debian 12 ships 252)")
-    if not _cgroup_v2_only(facts.get("mounts")):
+    if booted and not _cgroup_v2_only(facts.get("mounts")):
         out.append("cgroup v2: /sys/fs/cgroup is not a cgroup2 (unified) mount, so per-unit "
                    "resource control and the cgroup checks cannot work. Fix: boot with "
                    "systemd.unified_cgroup_hierarchy=1 (the default since systemd 247)")

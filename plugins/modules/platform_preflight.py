@@ -9,6 +9,9 @@ module: platform_preflight
 short_description: Check in one call that a host can run the hardened components
 version_added: "0.1.0"
 description:
+  - Checks first that the host was booted with systemd as its init (the directory
+    C(/run/systemd/system) exists, the rule of C(sd_booted(3))); a host that was not is told
+    so first, and gets no cgroup advice (its cgroup layout belongs to the other init).
   - Reads systemd's version, the cgroup mount, the kernel's seccomp support, the user namespace
     sysctls (needed by the bubblewrap wrapper on systemd older than 257) and whether
     nftables works (C(nft list tables) when C(nft) is installed, else whether the kernel has
@@ -51,9 +54,15 @@ problems:
   type: list
   elements: str
 facts:
-  description: Raw text of the files read (C(/proc/self/mounts), C(/proc/sys/...)).
+  description:
+    - Raw text of the files read (C(/proc/self/mounts), C(/proc/sys/...)), and
+      C(systemd_booted), whether C(/run/systemd/system) exists.
   returned: always
   type: dict
+version_output:
+  description: The output of C(systemctl --version) (empty when systemctl is not installed).
+  returned: always
+  type: str
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -67,7 +76,11 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.platform_pre
 def main():
     module = AnsibleModule(argument_spec={"nftables": {"type": "bool", "default": True}},
                            supports_check_mode=True)
-    rc, version_out, err = module.run_command(["systemctl", "--version"])
+    systemctl = module.get_bin_path("systemctl")
+    if systemctl is None:
+        rc, version_out, err = 127, "", "systemctl is not installed"
+    else:
+        rc, version_out, err = module.run_command([systemctl, "--version"])
     facts = read_facts()
     nft_rc, nft_err = 0, ""
     if module.params["nftables"]:

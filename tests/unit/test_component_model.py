@@ -49,3 +49,97 @@ def test_directories_are_least_privilege():
     assert by_path["/var/lib/kernelfence"] == {"path": "/var/lib/kernelfence", "owner": "root",
                                                "group": "root", "mode": "0755", "component": None}
     assert all(d["mode"][-1] == "0" for d in by_path.values() if d["component"])
+
+
+def _spec_fields(options):
+    """The spec's options as the model's FIELDS shape (list of dicts with options -> 'x[]')."""
+    out = {}
+    for key, opt in options.items():
+        sub = _spec_fields(opt["options"]) if "options" in opt else None
+        out[f"{key}[]" if sub is not None and opt.get("type") == "list" else key] = sub
+    return out
+
+
+def test_model_fields_are_the_argument_spec_fields():
+    """The fields the model accepts are exactly those the role's argument spec documents."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+        FIELDS,
+    )
+    repo = Path(__file__).resolve().parents[2]
+    spec = yaml.safe_load((repo / "roles/component_model/meta/argument_specs.yml").read_text())
+    options = spec["argument_specs"]["preflight"]["options"]["kernelfence_components"]["options"]
+    assert _spec_fields(options) == FIELDS
+
+
+def _example_records():
+    repo = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load(
+        (repo / "inventory/example/group_vars/kernelfence/components.yml").read_text())
+    return normalize_components(data["kernelfence_components"])
+
+
+def test_restart_goes_to_the_unit_that_runs_the_component():
+    """verified_binary's handler: the operator's own unit for a component that names one
+    (advisory_sync), kf-<name>.service otherwise, nothing for a component without a service."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+        restart_targets,
+        service_unit,
+    )
+    records = {r["name"]: r for r in _example_records()}
+    assert service_unit(records["advisory_sync"]) == "agent-advisory-sync.service"
+    assert service_unit(records["executor"]) == "kf-executor.service"
+    plain = normalize_components([{"name": "data_only", "profile": "custom"}])[0]
+    assert service_unit(plain) is None
+    every = [*records.values(), plain]
+    assert restart_targets(every, ["executor", "advisory_sync", "data_only"]) == [
+        "ours:kf-executor.service", "own:agent-advisory-sync.service"]
+    assert restart_targets(every, ["model_backend"]) == ["ours:kf-model_backend.service"]
+    assert restart_targets(every, []) == []
+
+
+# `systemctl show --property=Id,LoadState -- UNIT...` prints one block per unit, in this form.
+SHOW = ("Id=agent-advisory-sync.service\nLoadState=loaded\n\n"
+        "Id=agent-missing.service\nLoadState=not-found\n")
+
+
+def test_a_named_unit_that_does_not_exist_is_refused_naming_the_component():
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+        missing_named_units,
+        units_not_loaded,
+    )
+    assert units_not_loaded(SHOW) == {"agent-missing.service": "not-found"}
+    records = normalize_components([
+        {"name": "advisory_sync", "profile": "custom", "unit": "agent-advisory-sync.service",
+         "command": "/usr/bin/true", "artifacts": [
+             {"name": "t", "src": "/srv/t", "key": "/srv/k.pub", "signature": "/srv/t.sig"}]},
+        {"name": "reporter", "profile": "custom", "unit": "agent-missing.service",
+         "command": "/usr/bin/true", "artifacts": [
+             {"name": "t", "src": "/srv/t", "key": "/srv/k.pub", "signature": "/srv/t.sig"}]}])
+    message = missing_named_units(records, SHOW)
+    assert message.startswith("kernelfence_components[reporter].unit: agent-missing.service "
+                              "does not exist on this host (LoadState=not-found)"), message
+    assert "advisory_sync" not in message
+    assert "Fix: install that unit first, or remove `unit`" in message
+    assert missing_named_units(records, SHOW.replace("not-found", "loaded")) == ""
+
+
+def test_identity_requirements_and_the_message_for_what_is_missing():
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+        identity_requirements,
+        missing_identities,
+    )
+    records = _example_records()
+    flat = identity_requirements(records)
+    triples = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+    assert ["executor", "user", "kf-executor"] in triples
+    assert ["executor", "group", "kf-executor-clients"] in triples
+    assert ["executor", "directory", "/etc/kernelfence/executor"] in triples
+    assert ["-", "directory", "/var/lib/kernelfence"] in triples
+    message = missing_identities("executor user kf-executor\nexecutor group kf-executor\n",
+                                 "kernelfence.isolation.component_unit")
+    assert message == (
+        "kernelfence.isolation.component_unit: the component identities it needs do not exist "
+        "on this host (kernelfence_components[executor]: user kf-executor, group kf-executor). "
+        "Nothing was changed. Fix: run the kernelfence.isolation.component_identity role first, "
+        "with the same kernelfence_components (before kernelfence.isolation.component_unit in "
+        "the same play, or use playbooks/site.yml)")

@@ -132,7 +132,8 @@ def test_role_switches_match_the_settings_and_the_spec():
         "restrict_user_namespaces", "require_landlock", "strict", "file"}
     assert switches == set(hb.BY_NAME)
     tasks = yaml.safe_load((ROLE / "tasks/main.yml").read_text())
-    passed = tasks[0]["kernelfence.isolation.host_baseline"]["settings"]
+    module_task = next(t for t in tasks if "kernelfence.isolation.host_baseline" in t)
+    passed = module_task["kernelfence.isolation.host_baseline"]["settings"]
     assert set(passed) == set(hb.BY_NAME)
 
 

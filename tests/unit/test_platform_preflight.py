@@ -78,3 +78,76 @@ def test_recorded_hybrid_cgroup_host_is_refused_for_cgroup_v2_only():
     found = problems(rec["facts"], rec["version_output"], rec["nft_rc"], rec["nft_err"])
     assert len(found) == 1 and found[0].startswith(
         "cgroup v2: /sys/fs/cgroup is not a cgroup2 (unified) mount"), found
+
+
+NOT_BOOTED = json.loads((Path(__file__).parent /
+                         "fixtures/platform_preflight/not-booted-build-machine.json").read_text())
+NOT_BOOTED_START = "systemd: this host was not booted with systemd as its init (PID 1): " \
+                   "/run/systemd/system does not exist"
+
+
+def test_recorded_build_machine_not_booted_with_systemd_is_told_so_first():
+    """Recorded by the module on the project's build machine (PID 1 is not systemd, no
+    /run/systemd/system; systemctl 252 installed; cgroup v1 controllers with cgroup2 only at
+    /sys/fs/cgroup/unified). The fix is a host booted with systemd, not a cgroup boot option."""
+    assert NOT_BOOTED["facts"]["systemd_booted"] is False
+    found = problems(NOT_BOOTED["facts"], NOT_BOOTED["version_output"], NOT_BOOTED["nft_rc"],
+                     NOT_BOOTED["nft_err"])
+    assert found == [found[0]] and found[0].startswith(NOT_BOOTED_START), found
+    assert "Fix: run the components on a host or VM booted with systemd" in found[0]
+    assert not any("unified_cgroup_hierarchy" in p for p in found)
+
+
+@pytest.mark.parametrize("change, version, nft_rc", [
+    ({"mounts": CGROUP_V1}, None, 0),
+    ({"status": "Name:\tpython3\nNoNewPrivs:\t0\n"}, None, 0),
+    ({"nf_tables": None}, None, None),
+    ({}, "bash: systemctl: command not found\n", 0),
+    ({}, "systemd 249 (249.11)\n", 0),
+])
+def test_not_booted_comes_first_whatever_else_is_missing(change, version, nft_rc):
+    found = problems(facts(systemd_booted=False, **change), version or REC["version_output"],
+                     nft_rc)
+    assert found[0].startswith(NOT_BOOTED_START), found
+    assert not any(p.startswith("cgroup v2:") for p in found), found
+    # Control: the same facts on a booted host do not mention booting.
+    booted = problems(facts(systemd_booted=True, **change), version or REC["version_output"],
+                      nft_rc)
+    assert booted and not any(p.startswith(NOT_BOOTED_START) for p in booted), booted
+
+
+def test_read_facts_applies_the_sd_booted_rule(tmp_path):
+    assert read_facts(str(tmp_path))["systemd_booted"] is False
+    (tmp_path / "run/systemd").mkdir(parents=True)
+    (tmp_path / "run/systemd/system").write_text("")  # a file is not the directory
+    assert read_facts(str(tmp_path))["systemd_booted"] is False
+    (tmp_path / "run/systemd/system").unlink()
+    (tmp_path / "run/systemd/system").mkdir()
+    assert read_facts(str(tmp_path))["systemd_booted"] is True
+
+
+def test_the_module_on_this_machine_says_first_whether_it_was_booted_with_systemd(tmp_path):
+    """The real module, through ansible, on the machine running the tests (the build machine's
+    PID 1 is not systemd). The expectation follows the machine's own /run/systemd/system."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(repo / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    ansible = Path(sys.executable).with_name("ansible")
+    proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-m",
+                           "kernelfence.isolation.platform_preflight", "--tree", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=repo, timeout=120,
+                          check=False)
+    result = json.loads((tmp_path / "localhost").read_text())
+    booted = Path("/run/systemd/system").is_dir()
+    assert result["facts"]["systemd_booted"] is booted
+    if booted:
+        assert not any(p.startswith(NOT_BOOTED_START) for p in result["problems"]), result
+    else:
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert result["problems"][0].startswith(NOT_BOOTED_START), result["problems"]
+        assert result["msg"].startswith("this host cannot run the hardened components: "
+                                        + NOT_BOOTED_START), result["msg"]
+        assert "unified_cgroup_hierarchy" not in result["msg"]

@@ -40,6 +40,20 @@ CASES = {
         lambda m: m["executor"].update(directives={"ProtectSystem": "no"}),
         "kernelfence_components[executor].directives.ProtectSystem: is set by the component's "
         "profile. Fix: it is part of every profile's strict base"),
+    # The first error names the component by index and name, in a few lines (ansible's own
+    # argument validation printed the whole spec and named neither).
+    "unknown-field": (
+        lambda m: m["executor"].update(comand="/usr/bin/true"),
+        "kernelfence_components[1] (executor): unknown field 'comand'. Fix: did you mean "
+        "'command'?"),
+    "relative-command": (
+        lambda m: m["executor"].update(command="python3 /opt/kernelfence/demo/executor.py"),
+        "kernelfence_components[executor].command: the program 'python3' is not an absolute "
+        "path. Fix: give its full path, e.g. /usr/bin/python3"),
+    "privileged-command-prefix": (
+        lambda m: m["executor"].update(command="+/usr/bin/python3 /opt/kernelfence/demo/x.py"),
+        "kernelfence_components[executor].command: '+/usr/bin/python3' starts with an "
+        "ExecStart= prefix: '+' runs the command with full privileges, outside the sandbox"),
     "unknown-syscall-group": (
         lambda m: m["model_backend"].update(syscalls={"allow": ["@nonsense"]}),
         "kernelfence_components[model_backend].syscalls: unknown syscall group @nonsense"),
@@ -77,6 +91,7 @@ def test_bad_model_fails_and_changes_nothing(host, case, tmp_path):
     rc, output = run_bad_model(host, change, tmp_path)
     assert rc == 2, output[-3000:]
     assert message in output, output[-3000:]
+    assert "argument_spec_data" not in output and "Supported parameters include" not in output
     assert host_state(host) == before
 
 
@@ -98,3 +113,35 @@ def test_directive_unknown_to_this_systemd_fails_before_any_change(host, tmp_pat
     assert f"Fix: remove {key} or target a systemd that knows it" in output, output[-3000:]
     assert host_state(host) == before
     assert host.run("getent passwd kf-reporter").rc == 2  # the identity was never created
+
+
+def _reporter(model):
+    """A new component whose user, group and directories do not exist on the host."""
+    model["reporter"] = {"name": "reporter", "profile": "custom",
+                         "command": "/usr/bin/sleep infinity"}
+
+
+@pytest.mark.parametrize("role", ["component_unit", "network_policy"])
+def test_role_alone_without_the_identity_fails_before_any_write(host, role, tmp_path):
+    """The role imported alone (no site.yml, no component_identity before it) with a model
+    whose new component has no identity on the host: it runs the platform preflight itself,
+    then stops at the identity check naming the component, what is missing and the fix,
+    before it installs or writes anything."""
+    assert host.run("getent passwd kf-reporter").rc == 2  # control: the identity is missing
+    extra = tmp_path / "alone.json"
+    extra.write_text(json.dumps({"kernelfence_components": mutate(_reporter)}))
+    policy = "sha256sum /etc/kernelfence/network-policy.nft /etc/systemd/system/kf-network-policy*"
+    before, ruleset = host_state(host), host.run(policy).stdout
+    proc = run_playbook(host, REPO / f"tests/vm/playbooks/{role}_alone.yml", "-e", f"@{extra}",
+                        timeout=600)
+    output = " ".join((proc.stdout + proc.stderr).split())
+    assert proc.returncode == 2, output[-3000:]
+    assert "Check this host can run the components" in output, output[-3000:]
+    assert (f"kernelfence.isolation.{role}: the component identities it needs do not exist on "
+            "this host (kernelfence_components[reporter]: user kf-reporter, group kf-reporter, "
+            "directory /var/lib/kernelfence/reporter") in output, output[-3000:]
+    assert ("Fix: run the kernelfence.isolation.component_identity role first, with the same "
+            "kernelfence_components") in output, output[-3000:]
+    assert host_state(host) == before and host.run(policy).stdout == ruleset
+    assert not host.file("/etc/systemd/system/kf-reporter.service").exists
+    assert not host.file("/etc/kernelfence/reporter").exists
