@@ -11,6 +11,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     normalize_components,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+    directive_reasons,
     service_directives,
     threshold,
     uses_wrapper,
@@ -47,7 +48,8 @@ def _service_directives(record, systemd_version):
             f"PrivatePIDs=, so the PID namespace of {record['unit']} needs bubblewrap around its "
             "command. Fix: set `command` to the unit's ExecStart command line")
     pairs = service_directives(record, int(systemd_version), record.get("client_of"))
-    return [list(pair) for pair in pairs]
+    reasons = directive_reasons(record)
+    return [[key, value, reasons.get((key, value), "")] for key, value in pairs]
 
 
 def _exec_start(record, systemd_version):
