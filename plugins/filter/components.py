@@ -18,10 +18,17 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening im
     workload_syscalls,
     wrapper_argv,
 )
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    storage_mounts,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
     oci_profile,
     parse_syscall_groups,
 )
+
+
+# Where the per-path ext4 images of the components live (root-only).
+STORAGE_ROOT = "/var/lib/kernelfence-storage"
 
 
 def _normalize(components, roots=None, writable_roots=None):
@@ -68,6 +75,13 @@ def _seccomp_profile(record, syscall_filter_output):
             "that `systemd-analyze syscall-filter` lists on the target") from exc
 
 
+def _storage_mounts(records, image_root=STORAGE_ROOT):
+    if isinstance(records, dict):
+        records = [records]
+    return [m for record in records if record.get("resources")
+            for m in storage_mounts(record, image_root)]
+
+
 def _exposure_threshold(record, systemd_version):
     return threshold(record["profile"], int(systemd_version))
 
@@ -81,6 +95,7 @@ class FilterModule:
             "component_account": _account,
             "component_directories": _directories,
             "service_directives": _service_directives,
+            "component_storage_mounts": _storage_mounts,
             "exec_start": _exec_start,
             "exposure_threshold": _exposure_threshold,
             "seccomp_profile": _seccomp_profile,

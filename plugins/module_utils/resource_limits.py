@@ -401,3 +401,44 @@ def mount_unit(mount: dict) -> str:
         "[Install]",
         "WantedBy=local-fs.target",
     ]) + "\n"
+
+
+# What each field means, for the role README (roles/component_model/meta/argument_specs.yml
+# carries field_doc()'s text; tests/unit/test_resource_limits.py keeps the two equal).
+FIELD_HELP = {
+    "memory_low": "C(MemoryLow=): memory kept resident under pressure from the others.",
+    "memory_high": "C(MemoryHigh=): above it the component is throttled and reclaimed.",
+    "memory_max": "C(MemoryMax=): the hard limit; above it the OOM killer ends a process of "
+                  "this component only.",
+    "memory_swap_max": "C(MemorySwapMax=): swap the component may use (bytes only).",
+    "tasks_max": f"C(TasksMax=): processes and threads; at least {MIN_TASKS}.",
+    "cpu_weight": "C(CPUWeight=): share of the CPU under contention (1-10000; 100 is "
+                  "systemd's default).",
+    "cpu_quota": "C(CPUQuota=): optional hard cap, a percentage of one CPU (C(150%)).",
+    "io_weight": "C(IOWeight=): share of the disk under contention (1-10000).",
+    "limit_nofile": f"C(LimitNOFILE=): open file descriptors (C(N) or C(SOFT:HARD)); at least "
+                    f"{MIN_NOFILE}.",
+    "oom_score_adjust": "C(OOMScoreAdjust=): who the kernel sacrifices first (-1000 to 1000).",
+    "tmp_size": "Size of each private tmpfs at C(/tmp), C(/var/tmp) and C(/dev/shm) "
+                "(C(TemporaryFileSystem=)); counted against C(memory_max), so the three "
+                "together must stay below it.",
+    "state_size": "Size of the ext4 image mounted on the state directory and on each of "
+                  "C(state_paths) (a size-bounded tmpfs for paths under C(/run)); null keeps "
+                  "them on the host's file system.",
+    "log_size": "Size of the ext4 image mounted on the log directory; null keeps it on the "
+                "host's file system.",
+}
+
+
+def _doc_value(value: object) -> str:
+    return "unset" if value is None else f"C({value})"
+
+
+def field_doc(field: str) -> list[str]:
+    """The README description of one resources field: its meaning, then each profile's
+    default with the reason (the same reason the unit carries as a comment)."""
+    lines = [FIELD_HELP[field]]
+    for profile, defaults in PROFILE_DEFAULTS.items():
+        value, why = defaults[field]
+        lines.append(f"C({profile}): {_doc_value(value)}, {why}.")
+    return lines
