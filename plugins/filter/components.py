@@ -26,7 +26,6 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_prof
     parse_syscall_groups,
 )
 
-
 # Where the per-path ext4 images of the components live (root-only).
 STORAGE_ROOT = "/var/lib/kernelfence-storage"
 

@@ -338,7 +338,7 @@ def systemd_escape_path(path: str) -> str:
     for i, char in enumerate(trimmed):
         if char == "/":
             out.append("-")
-        elif char.isascii() and (char.isalnum() or char in ":_") or (char == "." and i > 0):
+        elif (char.isascii() and (char.isalnum() or char in ":_")) or (char == "." and i > 0):
             out.append(char)
         else:
             out.append("".join(f"\\x{b:02x}" for b in char.encode()))
