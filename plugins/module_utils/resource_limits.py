@@ -229,7 +229,7 @@ def _check_field(field: str, value: object) -> str:
         return str(value).strip()
     if field == "limit_nofile":
         text = str(value).strip()
-        soft, _, hard = text.partition(":")
+        soft, _sep, hard = text.partition(":")
         numbers = [_int(field, part, 1, 1 << 30, "give an integer such as 1024, or SOFT:HARD")
                    for part in (soft, hard or soft)]
         if numbers[0] > numbers[1]:

@@ -60,8 +60,8 @@ def test_the_readme_spec_carries_every_default_and_its_reason():
 
 
 @pytest.mark.parametrize("version", [252, 257])
-def test_the_rendered_units_carry_each_limit_with_its_reason_and_verify(records, tmp_path,
-                                                                       version):
+def test_the_rendered_units_carry_each_limit_with_its_reason_and_verify(
+        records, tmp_path, version):
     """The real template: every limit preceded by its reason, accepted by systemd-analyze."""
     for name in ("orchestrator", "executor", "model_backend"):
         rec = records[name]
