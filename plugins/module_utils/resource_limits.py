@@ -387,9 +387,8 @@ def mount_unit(mount: dict) -> str:
         f"{mount['size']}; a full file system ends in ENOSPC for this component only.",
         "[Unit]",
         f"Description=kernelfence size-bounded {mount['path']} of {mount['component']}",
-        "DefaultDependencies=no",
-        "Conflicts=umount.target",
-        "Before=local-fs.target umount.target",
+        # Default dependencies: after local-fs-pre.target, so after the root file system (which
+        # holds the image) is remounted read-write; before local-fs.target.
         *([f"RequiresMountsFor={mount['image']}"] if mount["image"] else []),
         "",
         "[Mount]",
