@@ -97,7 +97,9 @@ PROFILE_DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
     },
     "executor": {
         "memory_low": (None, "nothing to protect: it is the first to give memory back"),
-        "memory_high": ("448M", "throttled and reclaimed before the hard limit"),
+        "memory_high": ("496M", "reclaim starts just below the hard limit; further below, "
+                                "the kernel's throttling would stall a hog for minutes "
+                                "before the kill"),
         "memory_max": ("512M", "runs untrusted-input tools; a hog is killed inside this "
                                "cgroup, not by the global OOM killer"),
         "memory_swap_max": ("0", "a hog cannot spill into swap and slow the host down"),

@@ -45,7 +45,7 @@ ORCH_SOCKET = "/run/kernelfence/orchestrator/orchestrator.sock"
 RESIDENT_MIB = 300  # the model backend's stand-in for its weights
 WORK = 20000  # SHA-256 rounds per CPU-bound request (about 0.1-0.5 s under TCG)
 MEMORY_CAP = 768  # MiB: above the executor's 512M, below what the 2 GiB guest can give
-TASKS_CAP = 400
+TASKS_CAP = 300
 FILES_CAP = 8192
 BASELINE_DISK_MIB = 256
 
@@ -162,6 +162,13 @@ def run_load(host, record, kind, cap, seconds, *paths, baseline=False, merged=No
     return name, result
 
 
+def unlimited_cap(host):
+    """MiB a load without a memory limit may take: below what the guest has available."""
+    available = int(re.search(r"MemAvailable:\s+(\d+)", host.file("/proc/meminfo")
+                              .content_string).group(1)) // 1024
+    return min(MEMORY_CAP, available - 200)
+
+
 def kernel_log_since(host, since):
     return host.run("journalctl -k --no-pager -o cat --since @%s", str(since)).stdout
 
@@ -203,7 +210,8 @@ def test_memory_hog_is_killed_in_its_own_cgroup_and_the_model_keeps_answering(ho
     pid_before = host.run("systemctl show -P MainPID kf-model_backend.service").stdout.strip()
     idle = answers(host, 10, {"prompt": "x"})
     since = int(host.run("date +%s").stdout) - 1
-    name, result = run_load(host, record, "memory", MEMORY_CAP, 120, block=False)
+    # Up to 240 s: above memory_high the kernel throttles the hog before it reaches memory_max.
+    name, result = run_load(host, record, "memory", MEMORY_CAP, 240, block=False)
     during = answers(host, 10, {"prompt": "x"})
     load, unit_result = finish(host, name, result)
     klog = kernel_log_since(host, since)
@@ -223,10 +231,8 @@ def test_memory_hog_is_killed_in_its_own_cgroup_and_the_model_keeps_answering(ho
     assert current >= RESIDENT_MIB * 1024 * 1024
     # Control: the same load in a plain unit gets further (capped below what the guest has
     # free, so that the control itself never calls the global OOM killer).
-    available = int(re.search(r"MemAvailable:\s+(\d+)", host.file("/proc/meminfo")
-                              .content_string).group(1)) // 1024
-    cap = min(MEMORY_CAP, available - 200)
-    assert cap > load["reached_mib"] + 32, (available, load)
+    cap = unlimited_cap(host)
+    assert cap > load["reached_mib"] + 32, (cap, load)
     name, result = run_load(host, record, "memory", cap, 120, baseline=True)
     control, _ = finish(host, name, result)
     print(f"RESOURCES {host.backend.get_hostname()} memory control: reached "
@@ -288,6 +294,7 @@ def test_disk_fill_ends_in_enospc_under_every_writable_path(host, lab):
              + limit_bytes(record, "log_size"))
     free_before = int(host.run("df --output=avail -B1 / | tail -1").stdout)
     state_file = "/var/lib/kernelfence/orchestrator/last-result.json"
+    began = int(host.run("date +%s").stdout)
     name, result = run_load(host, record, "disk", 1024, 240, *paths, block=False)
     job = answers(host, 1, {"goal": "audit dependencies"}, ORCH_SOCKET, key="signature")
     written = host.run("stat -c %%Y %s", state_file).stdout.strip()
@@ -301,7 +308,7 @@ def test_disk_fill_ends_in_enospc_under_every_writable_path(host, lab):
                       for p, v in load["paths"].items())
           + f"; host free before {free_before >> 20} MiB, lowest {free_min >> 20} MiB")
     judge_disk(load, paths)
-    assert job[0]["ok"] and int(written) >= int(time.time()) - 600, (job, written)
+    assert job[0]["ok"] and int(written) >= began, (job, written, began)
     assert free_min >= free_before - bound, (free_before, free_min, bound)
     # Control: the same fill as the executor's user in a plain unit is not stopped.
     name, result = run_load(host, record, "disk", BASELINE_DISK_MIB, 120, "/var/tmp",
@@ -380,7 +387,7 @@ def test_a_loosened_model_fails_the_same_judgements(host, lab):
     merged, record = loosened(host, lab["components"])
     assert "MemoryMax=infinity" in merged and "TasksMax=infinity" in merged
     since = int(host.run("date +%s").stdout) - 1
-    name, result = run_load(host, record, "memory", 640, 60, merged=merged)
+    name, result = run_load(host, record, "memory", unlimited_cap(host), 120, merged=merged)
     load, _ = finish(host, name, result)
     with pytest.raises(AssertionError):
         judge_memory(load, record, kernel_log_since(host, since))
