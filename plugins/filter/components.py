@@ -23,11 +23,15 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     restart_targets,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+    directive_reasons,
     service_directives,
     threshold,
     uses_wrapper,
     workload_syscalls,
     wrapper_argv,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    storage_mounts,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
     oci_profile,
@@ -66,6 +70,10 @@ def _spec_errors(components, roots, writable_roots) -> list[str]:
     return errors
 
 
+# Where the per-path ext4 images of the components live (root-only).
+STORAGE_ROOT = "/var/lib/kernelfence-storage"
+
+
 def _normalize(components, roots=None, writable_roots=None):
     try:
         # Unknown fields first (the closest field named), then types, then the model's rules.
@@ -96,7 +104,8 @@ def _service_directives(record, systemd_version):
             f"PrivatePIDs=, so the PID namespace of {record['unit']} needs bubblewrap around its "
             "command. Fix: set `command` to the unit's ExecStart command line")
     pairs = service_directives(record, int(systemd_version), record.get("client_of"))
-    return [list(pair) for pair in pairs]
+    reasons = directive_reasons(record)
+    return [[key, value, reasons.get((key, value), "")] for key, value in pairs]
 
 
 def _exec_start(record, systemd_version):
@@ -115,6 +124,13 @@ def _seccomp_profile(record, syscall_filter_output):
             "that `systemd-analyze syscall-filter` lists on the target") from exc
 
 
+def _storage_mounts(records, image_root=STORAGE_ROOT):
+    if isinstance(records, dict):
+        records = [records]
+    return [m for record in records if record.get("resources")
+            for m in storage_mounts(record, image_root)]
+
+
 def _exposure_threshold(record, systemd_version):
     return threshold(record["profile"], int(systemd_version))
 
@@ -128,6 +144,7 @@ class FilterModule:
             "component_account": _account,
             "component_directories": _directories,
             "service_directives": _service_directives,
+            "component_storage_mounts": _storage_mounts,
             "exec_start": _exec_start,
             "exposure_threshold": _exposure_threshold,
             "seccomp_profile": _seccomp_profile,

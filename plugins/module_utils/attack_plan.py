@@ -180,8 +180,9 @@ def build_plan(attacker: dict, records: list[dict], systemd: int, facts: dict) -
     for marker in facts.get("markers") or []:
         add(_entry(f"shared{marker.rsplit('/', 1)[0].replace('/', '-')}", "filesystem",
                    f"find a file another user left in {marker.rsplit('/', 1)[0]}", "open_read",
-                   [marker], "ENOENT", why="PrivateTmp=yes / PrivateIPC=yes: its own /tmp, "
-                   "/var/tmp and /dev/shm"))
+                   [marker], "ENOENT", why="its own size-bounded tmpfs at /tmp, /var/tmp and "
+                   "/dev/shm (TemporaryFileSystem=; PrivateTmp=yes where a unit has no "
+                   "resources)"))
 
     # -- the host file system ----------------------------------------------------------------
     for path in ("/etc", "/usr/lib", "/boot", "/var/lib/dpkg"):

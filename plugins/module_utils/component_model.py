@@ -13,6 +13,15 @@ import posixpath
 import re
 import shlex
 
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    FIELDS as RESOURCE_FIELDS,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    REFUSED_DIRECTIVES,
+    ResourceError,
+    normalize_resources,
+)
+
 PROFILES = ("orchestrator", "executor", "model_backend", "custom")
 
 # Linux capabilities known to the kernels we target (6.1 and 6.12), without the CAP_ prefix.
@@ -89,6 +98,7 @@ FIELDS: dict = {
                 "ingress[]": {"port": None, "proto": None, "from": None}},
     "artifacts[]": {**{f: None for f in ARTIFACT_FIELDS if f != "sbom"},
                     "sbom": {"src": None, "signature": None, "bundle": None}},
+    "resources": {f: None for f in RESOURCE_FIELDS},
 }
 # ExecStart= prefixes (systemd.service(5), "Command lines"), all refused in `command`.
 EXEC_PREFIXES = {
@@ -237,6 +247,11 @@ def _directives(component: str, raw: object) -> list[list[str]]:
         if not isinstance(key, str) or not DIRECTIVE_RE.match(key):
             _fail(component, "directives", f"{key!r} is not a systemd directive name",
                   "use the CamelCase name from systemd.exec(5) or systemd.resource-control(5)")
+        if key in REFUSED_DIRECTIVES:
+            field = REFUSED_DIRECTIVES[key]
+            fix = (f"use {field} (the component's resources; see the role README)" if field
+                   else "it is part of every profile's strict base; choose the profile instead")
+            _fail(component, f"directives.{key}", "is a resource limit the model sets", fix)
         if key in MANAGED_DIRECTIVES:
             field = MANAGED_DIRECTIVES[key]
             fix = (f"use the model field `{field}`" if field
@@ -490,6 +505,10 @@ def normalize_component(raw: dict, roots: dict[str, str],
             _fail(name, "sockets", "sockets are served by kernelfence's own units only",
                   "remove `unit` to let kernelfence write the service, or declare the sockets "
                   "in your own unit")
+    try:
+        resources = normalize_resources(profile, raw.get("resources"))
+    except ResourceError as exc:
+        _fail(name, f"resources.{exc.field}".rstrip("."), exc.problem, exc.fix)
     return {
         "name": name,
         "profile": profile,
@@ -512,6 +531,7 @@ def normalize_component(raw: dict, roots: dict[str, str],
         "network": _network_model(name, raw.get("network")),
         "artifacts": normalize_artifacts(name, _list(name, "artifacts", raw.get("artifacts")),
                                          roots["bin"]),
+        "resources": resources,
     }
 
 

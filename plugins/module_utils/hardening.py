@@ -11,6 +11,11 @@ PID and IPC namespaces, and the unit admits exactly the namespaces the wrapper c
 
 from __future__ import annotations
 
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    resource_directives,
+    scratch_mounts,
+)
+
 # Directives every component gets unless its profile relaxes one (in rendering order).
 BASE: list[tuple[str, str]] = [
     ("NoNewPrivileges", "yes"),
@@ -90,10 +95,19 @@ NATIVE_PID_NAMESPACE = 257
 BWRAP = "/usr/bin/bwrap"
 
 
-def threshold(profile: str, systemd_version: int = NATIVE_PID_NAMESPACE) -> float:
-    """Highest exposure the profile accepts; the wrapper's documented allowance on old systemd."""
-    base = PROFILES[profile]["threshold"]
-    return round(base + WRAPPER_EXPOSURE, 1) if uses_wrapper(systemd_version) else base
+# The scratch space is a size-bounded private tmpfs (TemporaryFileSystem=) instead of
+# PrivateTmp=yes, which has no size (resource_limits.scratch_mounts). The exposure scorer
+# reads only PrivateTmp= and counts "access to other software's temporary files" (0.2 on
+# systemd 252's scale, measured offline) although the unit sees no other unit's files.
+SCRATCH_EXPOSURE = 0.2
+
+
+def threshold(profile: str, systemd_version: int = NATIVE_PID_NAMESPACE,
+              bounded_scratch: bool = True) -> float:
+    """Highest exposure the profile accepts; the documented allowances for the bounded scratch
+    space and, on old systemd, for the wrapper."""
+    base = PROFILES[profile]["threshold"] + (SCRATCH_EXPOSURE if bounded_scratch else 0.0)
+    return round(base + (WRAPPER_EXPOSURE if uses_wrapper(systemd_version) else 0.0), 1)
 
 
 def uses_wrapper(systemd_version: int) -> bool:
@@ -148,7 +162,10 @@ def _network(record: dict, force_private: bool) -> list[tuple[str, str]]:
 
 def service_directives(record: dict, systemd_version: int,
                        client_groups: list[str] | None = None) -> list[tuple[str, str]]:
-    """The [Service] directives of a component, in file order, for the target systemd."""
+    """The [Service] directives of a component, in file order, for the target systemd.
+
+    A record with `resources` (every record of normalize_components) also gets its resource
+    limits and size-bounded scratch mounts; `directive_reasons` says why each limit is set."""
     profile = PROFILES[record["profile"]]
     out: list[tuple[str, str]] = [("User", record["user"]), ("Group", record["group"])]
     if client_groups:
@@ -162,12 +179,20 @@ def service_directives(record: dict, systemd_version: int,
         # counts only for namespaces that user namespace owns): a component granted one runs
         # in the host's user namespace, or it would not have it at all.
         base["PrivateUsers"] = "no"
+    resources = record.get("resources")
+    if resources:
+        # A size-bounded private tmpfs each for /tmp, /var/tmp and /dev/shm instead of
+        # PrivateTmp=, which has no size and would win over a TemporaryFileSystem= on /tmp.
+        base["PrivateTmp"] = "no"
+        del base["TemporaryFileSystem"]
     wrapped = uses_wrapper(systemd_version)
     if wrapped:
         base["RestrictNamespaces"] = WRAPPER_NAMESPACES
         # bwrap reads /proc/sys/kernel/overflowuid to set up its user namespace.
         base["ProcSubset"] = "all"
     out += list(base.items())
+    if resources:
+        out += [("TemporaryFileSystem", mount) for mount in scratch_mounts(resources)]
     if not wrapped:
         out.append(("PrivatePIDs", "yes"))
     out += _network(record, profile.get("force_private_network", False))
@@ -189,6 +214,21 @@ def service_directives(record: dict, systemd_version: int,
     for cred in record.get("credentials") or []:
         key = "LoadCredentialEncrypted" if cred.get("encrypted") else "LoadCredential"
         out.append((key, f"{cred['name']}:{cred['src']}"))
+    if resources:
+        out += [(key, value) for key, value, _why in resource_directives(resources)]
     # The component's own extra directives last; the model refuses any the pipeline renders.
     out += [tuple(pair) for pair in record.get("directives") or []]
     return out
+
+
+def directive_reasons(record: dict) -> dict[tuple[str, str], str]:
+    """(directive, value) -> why, for the directives a unit renders with a comment above."""
+    resources = record.get("resources")
+    if not resources:
+        return {}
+    why = f"resources.tmp_size: {resources['reasons']['tmp_size']}"
+    reasons = {("TemporaryFileSystem", mount): why for mount in scratch_mounts(resources)}
+    reasons[("PrivateTmp", "no")] = ("the scratch space is the size-bounded tmpfs below "
+                                     "(PrivateTmp= has no size)")
+    reasons.update({(key, value): why for key, value, why in resource_directives(resources)})
+    return reasons

@@ -21,6 +21,8 @@ FILES = {
     "max_user_namespaces": "/proc/sys/user/max_user_namespaces",
     "unprivileged_userns_clone": "/proc/sys/kernel/unprivileged_userns_clone",
     "apparmor_restrict_userns": "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    "cgroup_controllers": "/sys/fs/cgroup/cgroup.controllers",
+    "cgroup_subtree_control": "/sys/fs/cgroup/cgroup.subtree_control",
 }
 
 
@@ -141,4 +143,41 @@ def problems(facts: dict, version_output: str, nft_rc: int | None, nft_err: str 
         out.append(f"nftables: `nft list tables` failed ({nft_err.strip()[:160]}): the kernel "
                    "cannot load the network policy. Fix: a kernel with nf_tables "
                    "(modprobe nf_tables)")
+    if _cgroup_v2_only(facts.get("mounts")):
+        out += cgroup_controller_problems(facts.get("cgroup_controllers"),
+                                          facts.get("cgroup_subtree_control"))
     return out
+
+
+# The controllers the components' resource limits need: memory (MemoryMax=, MemoryHigh=,
+# MemoryLow=, MemorySwapMax=, the tmpfs scratch space), pids (TasksMax=), cpu (CPUWeight=,
+# CPUQuota=), io (IOWeight=).
+RESOURCE_CONTROLLERS = ("memory", "pids", "cpu", "io")
+CONTROLLER_DIRECTIVES = {"memory": "MemoryMax=", "pids": "TasksMax=", "cpu": "CPUWeight=",
+                         "io": "IOWeight="}
+
+
+def cgroup_controller_problems(controllers: str | None,
+                               subtree_control: str | None) -> list[str]:
+    """A sentence naming the resource controllers the units cannot get, with the fix.
+
+    `cgroup.controllers` of the root lists what the kernel offers to this hierarchy: a
+    controller missing there cannot be enabled by anyone (bound to a cgroup v1 hierarchy,
+    disabled on the kernel command line, or not delegated to a container). One that is offered
+    but not yet in `cgroup.subtree_control` is fine: systemd writes it there itself when a unit
+    sets a limit that needs it (on a fresh host cpu and io are usually not enabled until then).
+    """
+    if controllers is None:  # no cgroup2 at /sys/fs/cgroup: the cgroup v2 check says so
+        return []
+    offered = controllers.split()
+    missing = [c for c in RESOURCE_CONTROLLERS if c not in offered]
+    if not missing:
+        return []
+    unenforced = ", ".join(CONTROLLER_DIRECTIVES[c] for c in missing)
+    enabled = (subtree_control or "").split()
+    return [f"cgroup controllers: {', '.join(missing)} not available at /sys/fs/cgroup "
+            f"(cgroup.controllers: {' '.join(offered) or 'empty'}; cgroup.subtree_control: "
+            f"{' '.join(enabled) or 'empty'}), so {unenforced} would not be enforced. Fix: "
+            "boot without cgroup_disable= for them (some kernels need cgroup_enable=memory on "
+            "the command line) and without cgroup v1 mounts that bind them "
+            "(systemd.unified_cgroup_hierarchy=1); in a container, delegate them to it"]

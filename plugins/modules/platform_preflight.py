@@ -19,6 +19,9 @@ description:
     missing requirement naming the fix.
   - Read-only; never reports C(changed). One module call so a fleet rollout pays for it once
     per host.
+  - Also checks that the cgroup controllers the components' resource limits need (memory,
+    pids, cpu, io) are offered at C(/sys/fs/cgroup/cgroup.controllers); both that file and
+    C(cgroup.subtree_control) are returned in RV(facts).
 author: kernelfence contributors (@kernelfence)
 attributes:
   check_mode:

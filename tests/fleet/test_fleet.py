@@ -121,7 +121,7 @@ def test_a_healthy_change_rolls_out_to_every_host_canary_first(fleet, tmp_path):
     model = copy.deepcopy(EXAMPLE["kernelfence_components"])
     for comp in model:
         if comp["name"] == "executor":
-            comp["directives"] = {"MemoryMax": "1G"}
+            comp["resources"] = {"memory_max": "1G"}
     rc, output = site(tmp_path, model)
     assert rc == 0, output[-4000:]
     # Two batches: the canary alone, then the two others together.

@@ -21,8 +21,11 @@ def test_component_model(case):
         assert case["error"] in str(excinfo.value)
         return
     records = {r["name"]: r for r in normalize_components(case["components"], case.get("roots"))}
-    for name, fields in case["expect"].items():
+    for name, fields in case.get("expect", {}).items():
         observed = {key: records[name][key] for key in fields}
+        assert observed == fields
+    for name, fields in case.get("expect_resources", {}).items():
+        observed = {key: records[name]["resources"][key] for key in fields}
         assert observed == fields
 
 

@@ -9,6 +9,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     normalize_components,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+    SCRATCH_EXPOSURE,
     service_directives,
     threshold,
     uses_wrapper,
@@ -117,9 +118,30 @@ def test_credentials_and_socket_clients(records):
 
 
 def test_thresholds():
-    assert threshold("model_backend", 257) == 0.5
-    assert threshold("executor", 257) == 1.0
-    assert threshold("executor", 252) == 1.9
+    assert threshold("model_backend", 257, bounded_scratch=False) == 0.5
+    assert threshold("executor", 257, bounded_scratch=False) == 1.0
+    assert threshold("executor", 252, bounded_scratch=False) == 1.9
+    # Every rendered unit has the size-bounded scratch space: its scorer cost is allowed.
+    assert threshold("model_backend", 257) == 0.7
+    assert threshold("executor", 257) == 1.2
+    assert threshold("executor", 252) == 2.1
+
+
+def test_the_bounded_scratch_space_costs_exactly_its_allowance(records, tmp_path):
+    """PrivateTmp=no with the sized tmpfs mounts, scored by the real systemd-analyze against
+    the same unit with PrivateTmp=yes and no mounts: the difference is SCRATCH_EXPOSURE."""
+    for name in ("orchestrator", "executor", "model_backend"):
+        rec = records[name]
+        bare = {k: v for k, v in rec.items() if k != "resources"}
+        scores = []
+        for variant, r in (("bounded", rec), ("private-tmp", bare)):
+            path = tmp_path / variant / f"kf-{name}.service"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(without_pid_namespace(render(r, 257)))
+            scores.append(offline_exposure(path))
+        assert "PrivateTmp=no" in render(rec, 257)
+        assert "TemporaryFileSystem=/tmp:rw,nosuid,nodev,mode=1777,size=" in render(rec, 257)
+        assert round(scores[0] - scores[1], 1) == SCRATCH_EXPOSURE, (name, scores)
 
 
 def test_real_systemd_accepts_every_line_of_the_252_rendering(records, tmp_path, host_systemd):

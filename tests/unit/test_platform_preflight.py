@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.kernelfence.isolation.plugins.module_utils.platform_preflight import (
+    cgroup_controller_problems,
     problems,
     read_facts,
     systemd_version,
@@ -151,3 +152,51 @@ def test_the_module_on_this_machine_says_first_whether_it_was_booted_with_system
         assert result["msg"].startswith("this host cannot run the hardened components: "
                                         + NOT_BOOTED_START), result["msg"]
         assert "unified_cgroup_hierarchy" not in result["msg"]
+
+
+CGROUP = Path(__file__).parent / "fixtures/platform_preflight/cgroup"
+
+
+def test_resource_controllers_offered_by_the_recorded_debian12_guest_pass():
+    """cgroup.controllers recorded in the Debian 12 lab guest (host_baseline fixture kf12-fresh).
+    Not yet in subtree_control is fine: systemd enables a controller when a unit's limit needs
+    it (the VM suite checks the live cgroup files after the deploy)."""
+    offered = (CGROUP / "kf12-fresh/cgroup.controllers").read_text()
+    assert cgroup_controller_problems(offered, "") == []
+    assert cgroup_controller_problems(offered, "memory pids\n") == []
+    ready = facts(cgroup_controllers=offered, cgroup_subtree_control="memory pids\n")
+    assert problems(ready, REC["version_output"], 0) == []
+
+
+def test_controllers_bound_to_cgroup_v1_are_refused_with_a_fix():
+    """The unified hierarchy of this build machine (recorded verbatim): cgroup v1 holds memory,
+    pids, cpu and io, so the cgroup2 tree offers only hugetlb."""
+    offered = (CGROUP / "build-machine-unified/cgroup.controllers").read_text()
+    enabled = (CGROUP / "build-machine-unified/cgroup.subtree_control").read_text()
+    found = cgroup_controller_problems(offered, enabled)
+    assert found == [
+        "cgroup controllers: memory, pids, cpu, io not available at /sys/fs/cgroup "
+        "(cgroup.controllers: hugetlb; cgroup.subtree_control: empty), so MemoryMax=, "
+        "TasksMax=, CPUWeight=, IOWeight= would not be enforced. Fix: boot without "
+        "cgroup_disable= for them (some kernels need cgroup_enable=memory on the command line) "
+        "and without cgroup v1 mounts that bind them (systemd.unified_cgroup_hierarchy=1); in "
+        "a container, delegate them to it"]
+
+
+@pytest.mark.parametrize("drop", ["memory", "pids", "cpu", "io"])
+def test_each_missing_resource_controller_fails_the_preflight(drop):
+    offered = (CGROUP / "kf12-fresh/cgroup.controllers").read_text()
+    without = " ".join(c for c in offered.split() if c != drop) + "\n"
+    found = problems(facts(cgroup_controllers=without, cgroup_subtree_control=""),
+                     REC["version_output"], 0)
+    assert len(found) == 1 and found[0].startswith(f"cgroup controllers: {drop} not available")
+    assert "Fix: " in found[0]
+
+
+def test_read_facts_reads_the_cgroup_files(tmp_path):
+    (tmp_path / "sys/fs/cgroup").mkdir(parents=True)
+    (tmp_path / "sys/fs/cgroup/cgroup.controllers").write_text("cpu io memory pids\n")
+    (tmp_path / "sys/fs/cgroup/cgroup.subtree_control").write_text("memory pids\n")
+    got = read_facts(str(tmp_path))
+    assert got["cgroup_controllers"] == "cpu io memory pids\n"
+    assert got["cgroup_subtree_control"] == "memory pids\n"

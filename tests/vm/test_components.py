@@ -4,6 +4,9 @@ import json
 
 import pytest
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import threshold
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    parse_size,
+)
 from conftest import as_user, exe, ns_ids, proc_status, systemd_version, unit_pids
 
 COMPONENTS = ["orchestrator", "executor", "model_backend"]
@@ -73,15 +76,37 @@ def _mount_for(mountinfo, path):
     return best
 
 
+def _mount_line(mountinfo, path):
+    """The mount that holds path: its point, device, fstype and super options."""
+    best = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point = fields[4]
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and (
+                best is None or len(point) >= len(best["point"])):
+            tail = fields[fields.index("-") + 1:]
+            best = {"point": point, "dev": fields[2], "fstype": tail[0],
+                    "super": tail[2] if len(tail) > 2 else ""}
+    return best
+
+
 @pytest.mark.parametrize("name", COMPONENTS)
-def test_read_only_system_and_private_tmp(host, name):
+def test_read_only_system_and_private_tmp(host, recs, name):
     _, work = workload_pids(host, name)
     mountinfo = host.run("cat /proc/%s/mountinfo", str(work[-1])).stdout
     for path in ("/usr", "/etc", "/usr/bin/python3"):
         point, opts, _ = _mount_for(mountinfo, path)
         assert "ro" in opts.split(","), f"{name}: {path} is writable via {point} ({opts})"
-    point, _, root = _mount_for(mountinfo, "/tmp/x")
-    assert point == "/tmp" and root not in ("/", "/tmp"), f"{name}: /tmp is the host's ({root})"
+    # The scratch space: a private tmpfs of resources.tmp_size at each path (issue 18), a file
+    # system of its own (its device differs from the host's at the same path).
+    host_mounts = host.run("cat /proc/1/mountinfo").stdout
+    size_kib = parse_size("tmp_size", recs[name]["resources"]["tmp_size"], percent=False)[1]
+    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+        line = _mount_line(mountinfo, path)
+        assert line["point"] == path, f"{name}: {path} is not a mount of its own ({line})"
+        assert line["fstype"] == "tmpfs", f"{name}: {path} is {line['fstype']}"
+        assert f"size={int(size_kib) // 1024}k" in line["super"].split(","), (name, line)
+        assert line["dev"] != _mount_line(host_mounts, path)["dev"], f"{name}: {path} is the host's"
 
 
 def test_credential_readable_by_its_owner_only(host, recs):
