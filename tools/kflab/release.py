@@ -164,10 +164,19 @@ def cosign_key(signing_dir: Path, cosign: Path) -> Path:
     target = signing_dir / "cosign.key"
     if target.exists() and marker.exists() and marker.read_text().strip() == fingerprint:
         return target
+    from cryptography.hazmat.primitives import serialization
+
     with tempfile.TemporaryDirectory(prefix="kf-import-", dir=signing_dir) as tmp:
+        # The key as `openssl ecparam -genkey` writes it (SEC1), the form cosign documents.
+        sec1 = Path(tmp) / "release-key.sec1.pem"
+        fd = os.open(sec1, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
         env = dict(os.environ, COSIGN_PASSWORD="", HOME=tmp, TUF_ROOT=str(Path(tmp) / "tuf"))
-        proc = subprocess.run([str(cosign), "import-key-pair", "--key",
-                               str(signing_dir / KEY_FILE), "--output-key-prefix",
+        proc = subprocess.run([str(cosign), "import-key-pair", "--key", str(sec1),
+                               "--output-key-prefix",
                                str(Path(tmp) / "cosign")], env=env, capture_output=True,
                               text=True, timeout=120, check=False)
         if proc.returncode != 0:
