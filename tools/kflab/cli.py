@@ -116,8 +116,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
             guest = progress.background("guest", lambda: _guest(progress, args.distro),
                                         track=False)
             venv.join()
-            info = guest.join()
-            assert isinstance(info, dict)
+            info: dict = guest.join()  # type: ignore[assignment]
             inventory = _lab_inventory(info)
             env = setup.tool_env()
             _playbook(progress, "demo components (demo/prepare.yml)", inventory,
@@ -132,8 +131,11 @@ def cmd_lab(args: argparse.Namespace) -> int:
         except BaseException:
             setup.stop_builds()
             log(progress.summary())
-            if vm.inspect(LAB_INSTANCE).running:
+            left = vm.inspect(LAB_INSTANCE)
+            if left.running:
                 log("the lab VM stays up for a look; `./kf lab-down` removes it")
+            elif left.exists or left.pids:
+                log(f"left behind: {left.describe()}; `./kf lab-down` removes it")
             raise
     print(progress.summary())
     login = shlex.join(vm.ssh_argv(info))
