@@ -248,6 +248,15 @@ def test_progress_ticks_with_the_step_and_its_elapsed_time(capsys):
     assert "compile" in progress.summary() and "total" in progress.summary()
 
 
+def test_kf_test_stages_tick_while_they_run(capsys):
+    with common.Progress(interval=0.2) as progress:
+        stages = cli.Stages(progress)
+        assert stages.run("nap", ["sleep", "0.7"], env=dict(os.environ))
+    err = capsys.readouterr().err
+    assert any("running: stage nap (" in line for line in err.splitlines()), err
+    assert "stage nap: PASSED" in err
+
+
 def test_a_failed_background_step_raises_in_the_caller_and_is_marked(capsys):
     def broken():
         raise common.HarnessError("cargo exploded")

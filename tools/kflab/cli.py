@@ -207,15 +207,17 @@ def cmd_vm(args: argparse.Namespace) -> int:
 class Stages:
     """Runs named stages, keeps going after a failure, and prints one closing count."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.results: list[tuple[str, bool, float]] = []
+        self.progress = progress or Progress(interval=0)
 
     def run(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path = REPO,
             timeout: float = 3600) -> bool:
         log(f"stage {name}: {shlex.join(argv)}")
         began = time.monotonic()
         try:
-            proc = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout, check=False)
+            with self.progress.ticking(f"stage {name}"):
+                proc = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout, check=False)
             ok = proc.returncode == 0
         except subprocess.TimeoutExpired:
             log(f"stage {name} timed out after {timeout:.0f}s")
@@ -291,17 +293,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     for distro in dict.fromkeys(SCENARIOS[scenario] for scenario in wanted):
         check_can_build(distro)
     with Progress() as progress:
-        return _test(args, wanted, _prepare(with_tools=True, progress=progress))
+        return _test(args, wanted, _prepare(with_tools=True, progress=progress), progress)
 
 
-def _test(args: argparse.Namespace, wanted: list[str], tools: Step | None) -> int:
+def _test(args: argparse.Namespace, wanted: list[str], tools: Step | None,
+          progress: Progress) -> int:
     env = setup.tool_env()
-    stages = Stages()
+    stages = Stages(progress)
     # Images build while the tools compile: one waits on the network and disk, the other on CPU.
     for distro in dict.fromkeys(SCENARIOS[scenario] for scenario in wanted):
         began = time.monotonic()
         try:
-            ensure_image(distro)
+            with progress.ticking(f"image {distro}"):
+                ensure_image(distro)
             stages.record(f"image {distro}", True, time.monotonic() - began)
         except HarnessError as exc:
             log(str(exc))

@@ -167,6 +167,17 @@ class Progress:
                 self.done.append((name, seconds, ok))
             log(f"step {name}: {'done' if ok else 'FAILED'} in {duration(seconds)}")
 
+    @contextlib.contextmanager
+    def ticking(self, name: str) -> Iterator[None]:
+        """Only the ticker line, for a step that logs its own start and result."""
+        with self._lock:
+            self.active[name] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active.pop(name, None)
+
     def background(self, name: str, func: Callable[[], object], track: bool = True) -> Step:
         """Run func in a thread; track=False when func reports its own steps."""
         return Step(self, name, func, track).start()
