@@ -347,6 +347,37 @@ def test_release_signed_in_python_verifies_on_the_collections_verifier(tmp_path)
         artifact_verify.verify_artifact(art, "python")
 
 
+def test_the_collections_action_accepts_the_release_and_its_sbom_as_the_vendors(tmp_path):
+    """The real artifact_verify action (verify only, on the controller), as verified_binary
+    runs it: the binary's bundle and the release SBOM, signed in Python, both verify."""
+    from tools.kflab import release
+
+    binary = tmp_path / "cargo-audit"
+    shutil.copyfile("/bin/true", binary)
+    out = tmp_path / "release"
+    release.make_release(binary, "0.22.2", out, tmp_path / "signing")
+    artifact = {"component": "executor", "name": "cargo-audit", "version": "0.22.2",
+                "src": str(out / "cargo-audit"), "key": str(out / "cosign.pub"),
+                "bundle": str(out / "cargo-audit.bundle"),
+                "sbom": {"src": str(out / release.SBOM), "bundle": str(out / release.SBOM_BUNDLE)}}
+    book = tmp_path / "verify.yml"
+    book.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"kernelfence.isolation.artifact_verify": {"install": False, "backend": "python",
+                                                   "artifacts": [artifact]},
+         "register": "verified"},
+        {"ansible.builtin.copy": {"content": "{{ verified.artifacts | to_json }}",
+                                  "dest": str(tmp_path / "verified.json"), "mode": "0600"}}]}]))
+    playbook = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent))
+    proc = subprocess.run([playbook, "-i", "localhost,", "-c", "local", "-e",
+                           f"ansible_python_interpreter={sys.executable}", str(book)],
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg")))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    evidence = json.loads((tmp_path / "verified.json").read_text())[0]["evidence"]
+    assert evidence["tool"] == "cryptography" and evidence["sbom_source"] == "vendor"
+    assert evidence["sha256"] == json.loads((out / "release.json").read_text())["sha256"]
+
+
 @pytest.mark.skipif(not HAVE_COSIGN, reason=f"cosign not built yet at {COSIGN}")
 def test_the_python_key_imported_for_cosign_signs_what_the_release_key_verifies(tmp_path):
     from tools.kflab import release
