@@ -132,6 +132,24 @@ class Machine:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def write_inventory(path: Path, hosts: dict[str, dict]) -> Path:
+    """An inventory of nspawn machines with the example's group_vars beside it (the three
+    reference components): each part that boots machines writes its own, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"all": {"children": {"kernelfence": {"hosts": hosts}}}},
+                               indent=2))
+    group_vars = path.parent / "group_vars"
+    target = REPO / "inventory" / "example" / "group_vars"
+    if group_vars.is_symlink() and group_vars.resolve() != target.resolve():
+        group_vars.unlink()  # a link of another checkout
+    if not group_vars.is_symlink():
+        if group_vars.exists():
+            raise HarnessError(f"{group_vars} is not the link to {target}; remove it: "
+                               f"rm -r {group_vars}")
+        group_vars.symlink_to(target)
+    return path
+
+
 def playbook(inv: Path, book: str, extra: Path, timing: Path | None) -> float:
     env = setup.tool_env()
     # Every measurement boots machines on the same addresses: no SSH master of an earlier
@@ -156,12 +174,7 @@ def measure(size: int, lower: Path, serial: list, label: str) -> dict:
         for m in machines:
             m.wait_ssh(time.monotonic() + 180)
         boot_s = time.monotonic() - began
-        inv = WORK / f"hosts-{size}.json"
-        inv.write_text(json.dumps({"all": {"children": {"kernelfence": {"hosts": {
-            m.name: m.host() for m in machines}}}}}, indent=2))
-        group_vars = WORK / "group_vars"
-        if not group_vars.is_symlink():
-            group_vars.symlink_to(REPO / "inventory" / "example" / "group_vars")
+        inv = write_inventory(WORK / f"hosts-{size}.json", {m.name: m.host() for m in machines})
         run_dir = WORK / f"run-{size}-{serial[0]}".replace("%", "pct")
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir()

@@ -34,6 +34,7 @@ from bench.fleet_scale import (  # noqa: E402
     locked,
     mounted_image,
     playbook,
+    write_inventory,
 )
 from bench.run import fetch_podman_debs  # noqa: E402
 from tools.kflab.common import log, run  # noqa: E402
@@ -60,9 +61,8 @@ def main() -> None:
         try:
             machine.boot()
             machine.wait_ssh(time.monotonic() + 180)
-            inv = WORK / "hosts-native.json"
-            inv.write_text(json.dumps({"all": {"children": {"kernelfence": {"hosts": {
-                machine.name: machine.host()}}}}}, indent=2))
+            # Its own inventory with the example's group_vars: no other part needs to run first.
+            inv = write_inventory(WORK / "hosts-native.json", {machine.name: machine.host()})
             run_dir = WORK / "run-native"
             run_dir.mkdir(exist_ok=True)
             extra = run_dir / "extra.json"

@@ -18,6 +18,10 @@ Not a timed test and not part of `./kf test`.
    booted on this machine from the lab image (one batch, and the site's default batches).
 4. Verification: bench/proc_scan.py with 1,000 and 10,000 processes (on this host).
 
+Each part runs on its own (`--only PART`, repeatable, or `--skip-PART`): what a part needs is
+made first on a fresh machine (Debian packages, the controller virtualenv, cargo-audit and its
+signed release), and a part that fails is reported without stopping the others (exit 1).
+
 The VM is destroyed at the end unless --keep-vm. On a shared machine take the VM lock:
 `flock /tmp/kf-helpers-vm.lock python3 bench/run.py`.
 """
@@ -41,12 +45,33 @@ sys.path.insert(0, str(REPO))
 
 from bench import report  # noqa: E402
 from tools.kflab import setup, vm  # noqa: E402
-from tools.kflab.common import CACHE, log, run  # noqa: E402
+from tools.kflab.common import CACHE, HarnessError, StateError, log, run  # noqa: E402
 from tools.kflab.image import ensure_image  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 INSTANCE = "bench"
 GUEST_DIR = "/root/kfbench"
+PARTS = ("vm", "native", "fleet", "scan")
+# The parts that boot a guest or nspawn machines and install the demo release in it.
+INSTALLING = {"vm", "native", "fleet"}
+
+
+def selected_parts(args: argparse.Namespace) -> list[str]:
+    if args.only:
+        return [part for part in PARTS if part in args.only]
+    return [part for part in PARTS if not getattr(args, f"skip_{part}")]
+
+
+def prerequisites(parts: list[str]) -> None:
+    """What a fresh machine lacks for these parts, made here (no other part does it first)."""
+    setup.ensure_apt()
+    if {"native", "fleet"} & set(parts):
+        setup.ensure_apt({"systemd-nspawn": "systemd-container"})
+    setup.ensure_venv()
+    if INSTALLING & set(parts):
+        # The demo release the parts' site.yml installs through verified_binary.
+        setup.ensure_tools(["cargo-audit"])
+        setup.ensure_signed_release()
 
 
 def machine() -> str:
@@ -200,6 +225,8 @@ def main() -> None:
                         "dependencies missing from the guest image) to install in the guest")
     parser.add_argument("--no-podman", action="store_true",
                         help="measure without the podman mode (nothing fetched)")
+    parser.add_argument("--only", action="append", choices=PARTS,
+                        help="run only this part (repeatable); the others keep their results")
     parser.add_argument("--skip-vm", action="store_true", help="keep the VM parts' last results")
     parser.add_argument("--skip-scan", action="store_true", help="keep the scan's last results")
     parser.add_argument("--skip-native", action="store_true",
@@ -216,20 +243,35 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     previous = RESULTS / "bench.json"
     out: dict = {}
+    failed: list[str] = []
     if not args.report_only:
         if os.geteuid() != 0:
-            sys.exit("run as root (qemu, unshare for the process scan)")
+            sys.exit("bench: run as root (qemu, nspawn, unshare for the process scan): "
+                     f"sudo python3 {' '.join(sys.argv)}")
+        parts = selected_parts(args)
+        try:
+            prerequisites(parts)
+        except StateError as exc:
+            sys.exit(f"bench: {exc.found}\n  fix: {exc.fix}")
+        except HarnessError as exc:
+            sys.exit(f"bench: {exc}")
         out.update({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "machine": machine(), "host_loadavg_start": loadavg()})
-        if not args.skip_vm:
-            vm_parts(args, out)
-            out["workload"] = json.loads((RESULTS / "workload.json").read_text())
-        if not args.skip_native:
-            native_part(args)
-        if not args.skip_fleet:
-            out["fleet_scale"] = fleet_part(args.fleet_sizes)
-        if not args.skip_scan:
-            out["scan"] = scan_part([1000, 10000], args.scan_runs)
+        for part in parts:
+            try:
+                if part == "vm":
+                    vm_parts(args, out)
+                    out["workload"] = json.loads((RESULTS / "workload.json").read_text())
+                elif part == "native":
+                    native_part(args)
+                elif part == "fleet":
+                    out["fleet_scale"] = fleet_part(args.fleet_sizes)
+                else:
+                    out["scan"] = scan_part([1000, 10000], args.scan_runs)
+            except (HarnessError, OSError, ValueError, subprocess.SubprocessError) as exc:
+                # Each part stands alone: the next one still runs, the exit status says it.
+                log(f"bench: part {part} failed: {exc}")
+                failed.append(part)
         out["host_loadavg_end"] = loadavg()
     # Merged into the last results when the file is written (a part skipped keeps its figures).
     merged: dict = json.loads(previous.read_text()) if previous.exists() else {}
@@ -243,6 +285,8 @@ def main() -> None:
         sys.exit(f"bench: results saved in {previous}, but the report needs {exc.name}: run "
                  f"`python3 bench/report.py` with the kernelfence venv's python")
     print(page.read_text())
+    if failed:
+        sys.exit(f"bench: these parts failed (their last results are kept): {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def test_readme_is_short_and_starts_with_what_to_run():
         assert needed in text or needed.replace("systemd ", "") in text, needed
 
 
-def test_development_guide_keeps_the_first_run_marker_last():
+def test_development_guide_ends_with_the_first_run_section():
     text = (REPO / "docs" / "development.md").read_text()
-    assert text.rstrip().splitlines()[-1] == "<!-- first-run section below -->"
+    before, marker, after = text.partition("<!-- first-run section below -->")
+    assert marker and after.lstrip().startswith("## First run\n"), "docs/development.md"
+    assert "## First run" not in before

@@ -10,13 +10,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from . import setup, vm
-from .common import CACHE, REPO, HarnessError, log, run
-from .image import DISTROS, ensure_image
+from .common import CACHE, REPO, HarnessError, Progress, StateError, Step, log, run
+from .image import DISTROS, check_can_build, ensure_image
 
 LAB_INSTANCE = "lab"
 # Scenario -> guest image. `fleet` boots three Debian 12 VMs (rolling rollout across hosts).
@@ -27,32 +26,24 @@ def _tool(name: str) -> str:
     return str(setup.venv_dir() / "bin" / name)
 
 
-def _prepare(with_tools: bool) -> threading.Thread | None:
+def _prepare(with_tools: bool, progress: Progress) -> Step | None:
+    """Packages and the virtualenv now; every pinned tool in the background (tests, setup)."""
     setup.ensure_apt()
-    setup.ensure_venv()
+    with progress.step("controller virtualenv"):
+        setup.ensure_venv()
     setup.ensure_ansible_test_bootstrap()
     if not with_tools:
         return None
-    errors: list[BaseException] = []
-
-    def build() -> None:
-        try:
-            setup.ensure_tools()
-        except (HarnessError, OSError, subprocess.SubprocessError) as exc:
-            errors.append(exc)  # re-raised in the main thread by _join_tools
-
-    thread = threading.Thread(target=build, name="tools", daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
+    return progress.background("pinned tools (cosign, syft, cargo-audit)", setup.ensure_tools)
 
 
-def _join_tools(thread: threading.Thread | None) -> None:
-    if thread is None:
+def _join_tools(tools: Step | None) -> None:
+    """Wait for the tools, then sign the release and give the tests cosign's key format."""
+    if tools is None:
         return
-    thread.join()
-    if thread.errors:  # type: ignore[attr-defined]
-        raise thread.errors[0]  # type: ignore[attr-defined]
+    tools.join()
+    setup.ensure_signed_release()
+    setup.ensure_cosign_key()
 
 
 def _lab_inventory(info: dict) -> Path:
@@ -71,31 +62,82 @@ def _lab_inventory(info: dict) -> Path:
     }
     path = inv_dir / "hosts.json"
     path.write_text(json.dumps(inventory, indent=2))
+    # The lab host gets the example inventory's group_vars: the three reference components.
+    lab_vars = inv_dir / "group_vars"
+    if lab_vars.is_symlink():
+        lab_vars.unlink()
+    lab_vars.symlink_to(REPO / "inventory" / "example" / "group_vars")
     return path
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    # cargo-audit (the executor's demo job) is one of the pinned tools.
-    _join_tools(_prepare(with_tools=True))
-    info = vm.up(LAB_INSTANCE, args.distro)
-    inventory = _lab_inventory(info)
-    env = setup.tool_env()
-    group_vars = REPO / "inventory" / "example" / "group_vars"
-    # The lab host gets the example inventory's group_vars: the three reference components.
+def lab_preflight(distro: str) -> None:
+    """Everything `./kf lab` can find in its way, checked before any long step starts."""
+    found = vm.inspect(LAB_INSTANCE)
+    if found.running:
+        login = shlex.join(vm.ssh_argv(found.info or {}))
+        raise StateError(f"a lab VM is already up: {found.describe()}; log in with: {login}",
+                         "./kf lab-down   # then ./kf lab builds a new one")
+    if found.pids or found.exists:
+        raise StateError(found.describe(), "./kf lab-down")
     lab_vars = CACHE / "lab" / "group_vars"
-    if lab_vars.is_symlink() or lab_vars.exists():
-        lab_vars.unlink()
-    lab_vars.symlink_to(group_vars)
-    log("installing the reference components (demo/prepare.yml)")
-    run([_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "demo" / "prepare.yml")],
-        env=env, cwd=REPO, timeout=3600)
-    log("running site.yml against the lab VM")
-    run([_tool("ansible-playbook"), "-i", str(inventory), str(REPO / "site.yml")],
-        env=env, cwd=REPO, timeout=3600)
-    audit = REPO / "playbooks" / "audit.yml"
-    if audit.exists():
-        run([_tool("ansible-playbook"), "-i", str(inventory), str(audit)], env=env, cwd=REPO,
+    if lab_vars.exists() and not lab_vars.is_symlink():
+        raise StateError(f"{lab_vars} is a real directory, where ./kf lab keeps a link to "
+                         "inventory/example/group_vars", f"rm -r {lab_vars}")
+    check_can_build(distro)
+    setup.ensure_apt()
+    setup.check_build_tools(setup.install_tools_commands(["cargo-audit"]))
+
+
+def _guest(progress: Progress, distro: str) -> dict:
+    with progress.step(f"guest image {distro}"):
+        ensure_image(distro)
+    with progress.step("boot the lab VM"):
+        return vm.up(LAB_INSTANCE, distro, fix="./kf lab-down")
+
+
+def _playbook(progress: Progress, label: str, inventory: Path, book: Path,
+              env: dict[str, str]) -> None:
+    with progress.step(label):
+        run([_tool("ansible-playbook"), "-i", str(inventory), str(book)], env=env, cwd=REPO,
             timeout=3600)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    """Only what the lab needs, overlapped: the virtualenv, cargo-audit (the lab's payload)
+    and the guest image + boot start together; the demo components go in while cargo-audit
+    still compiles; the release is signed in Python (no cosign/syft build) right before
+    site.yml needs it."""
+    lab_preflight(args.distro)
+    with Progress() as progress:
+        try:
+            venv = progress.background("controller virtualenv", setup.ensure_venv)
+            tools = progress.background("build cargo-audit (the lab's payload)",
+                                        lambda: setup.ensure_tools(["cargo-audit"]))
+            guest = progress.background("guest", lambda: _guest(progress, args.distro),
+                                        track=False)
+            venv.join()
+            info: dict = guest.join()  # type: ignore[assignment]
+            inventory = _lab_inventory(info)
+            env = setup.tool_env()
+            _playbook(progress, "demo components (demo/prepare.yml)", inventory,
+                      REPO / "demo" / "prepare.yml", env)
+            tools.join()
+            with progress.step("sign the cargo-audit release (cryptography, cyclonedx)"):
+                setup.ensure_signed_release()
+            _playbook(progress, "site.yml", inventory, REPO / "site.yml", env)
+            audit = REPO / "playbooks" / "audit.yml"
+            if audit.exists():
+                _playbook(progress, "audit (playbooks/audit.yml)", inventory, audit, env)
+        except BaseException:
+            setup.stop_builds()
+            log(progress.summary())
+            left = vm.inspect(LAB_INSTANCE)
+            if left.running:
+                log("the lab VM stays up for a look; `./kf lab-down` removes it")
+            elif left.exists or left.pids:
+                log(f"left behind: {left.describe()}; `./kf lab-down` removes it")
+            raise
+    print(progress.summary())
     login = shlex.join(vm.ssh_argv(info))
     if audit.exists():
         print(f"\naudit report: {REPO / 'playbooks' / 'audit' / 'report.html'}")
@@ -116,9 +158,37 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    _join_tools(_prepare(with_tools=not args.no_tools))
     for distro in args.images:
-        ensure_image(distro)
+        check_can_build(distro)
+    with Progress() as progress:
+        tools = _prepare(with_tools=not args.no_tools, progress=progress)
+        for distro in args.images:
+            with progress.step(f"guest image {distro}"):
+                ensure_image(distro)
+        _join_tools(tools)
+    print(progress.summary())
+    return 0
+
+
+def release_preflight(for_scenario: bool) -> None:
+    """What the VM scenarios need made first; each missing piece names `./kf setup`."""
+    if not (setup.venv_dir() / ".complete").exists():
+        raise StateError(f"the controller virtualenv is not set up ({setup.venv_dir()}); the "
+                         "release is signed with its cryptography and cyclonedx", "./kf setup")
+    if not setup.tool_ready("cargo-audit"):
+        raise StateError("the scenarios install the signed cargo-audit release, and "
+                         f"cargo-audit is not built yet ({setup.tool_path('cargo-audit')})",
+                         "./kf setup")
+    if for_scenario and not setup.tool_ready("cosign"):
+        raise StateError("the VM checks re-sign artifacts with the real cosign, which is not "
+                         f"built yet ({setup.tool_path('cosign')})", "./kf setup")
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    release_preflight(args.for_scenario)
+    setup.ensure_signed_release()
+    setup.ensure_cosign_key()
+    print(setup.RELEASE)
     return 0
 
 
@@ -137,15 +207,17 @@ def cmd_vm(args: argparse.Namespace) -> int:
 class Stages:
     """Runs named stages, keeps going after a failure, and prints one closing count."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Progress | None = None) -> None:
         self.results: list[tuple[str, bool, float]] = []
+        self.progress = progress or Progress(interval=0)
 
     def run(self, name: str, argv: list[str], *, env: dict[str, str], cwd: Path = REPO,
             timeout: float = 3600) -> bool:
         log(f"stage {name}: {shlex.join(argv)}")
         began = time.monotonic()
         try:
-            proc = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout, check=False)
+            with self.progress.ticking(f"stage {name}"):
+                proc = subprocess.run(argv, env=env, cwd=cwd, timeout=timeout, check=False)
             ok = proc.returncode == 0
         except subprocess.TimeoutExpired:
             log(f"stage {name} timed out after {timeout:.0f}s")
@@ -215,17 +287,25 @@ SCENARIO_TIMEOUT = {"core": 4200, "full": 7200}
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    tools = _prepare(with_tools=True)
-    env = setup.tool_env()
-    stages = Stages()
     # CI runs Debian 12 only: the scenarios one after the other do not fit its 90 minutes
     # (docs/development.md, "The two commands"); --full adds Debian 13 and the three-VM fleet.
     wanted = args.scenarios or (list(SCENARIOS) if args.full else ["default"])
+    for distro in dict.fromkeys(SCENARIOS[scenario] for scenario in wanted):
+        check_can_build(distro)
+    with Progress() as progress:
+        return _test(args, wanted, _prepare(with_tools=True, progress=progress), progress)
+
+
+def _test(args: argparse.Namespace, wanted: list[str], tools: Step | None,
+          progress: Progress) -> int:
+    env = setup.tool_env()
+    stages = Stages(progress)
     # Images build while the tools compile: one waits on the network and disk, the other on CPU.
     for distro in dict.fromkeys(SCENARIOS[scenario] for scenario in wanted):
         began = time.monotonic()
         try:
-            ensure_image(distro)
+            with progress.ticking(f"image {distro}"):
+                ensure_image(distro)
             stages.record(f"image {distro}", True, time.monotonic() - began)
         except HarnessError as exc:
             log(str(exc))
@@ -246,7 +326,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     try:
         _join_tools(tools)
         stages.record("pinned tools (cosign, syft, cargo-audit)", True, time.monotonic() - began)
-    except HarnessError as exc:
+    except (HarnessError, OSError) as exc:
         log(str(exc))
         stages.record("pinned tools (cosign, syft, cargo-audit)", False,
                       time.monotonic() - began)
@@ -298,15 +378,34 @@ def main(argv: list[str] | None = None) -> int:
     vmp.add_argument("--distro", choices=sorted(DISTROS), default="debian12")
     vmp.add_argument("--memory", type=int, default=2048)
     vmp.set_defaults(func=cmd_vm)
+    rel = sub.add_parser("release", help="sign the cargo-audit release the lab and the "
+                                         "scenarios install (molecule's create runs it first)")
+    rel.add_argument("--for-scenario", action="store_true",
+                     help="also require what the VM checks use (cosign)")
+    rel.set_defaults(func=cmd_release)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except StateError as exc:
+        print(f"kf: {exc.found}\n  fix: {exc.fix}", file=sys.stderr)
+        return 1
     except HarnessError as exc:
         print(f"kf: error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(f"kf: error: permission denied: {exc.filename or exc}\n"
+              f"  fix: run as the user that owns it (or root), or set KF_CACHE to a directory "
+              f"you own (now {CACHE})", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"kf: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("kf: interrupted; `./kf vm down` removes any VM left behind", file=sys.stderr)
+        print("kf: interrupted; `./kf vm status` shows any VM left behind, `./kf vm down` "
+              "removes them", file=sys.stderr)
         return 130
+    finally:
+        setup.stop_builds()
 
 
 if __name__ == "__main__":

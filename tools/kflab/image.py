@@ -8,6 +8,7 @@ harness SSH public key), so a change to any of them builds a new image and nothi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import CACHE, HarnessError, log, run, sha256_of
+from .common import CACHE, HarnessError, StateError, log, rerun_as_root, run, sha256_of
 
 MIRROR = os.environ.get("KF_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
@@ -98,12 +99,39 @@ def image_for(distro_name: str) -> Image:
     return Image(distro, CACHE / "images" / f"{distro.name}-{content_key(distro)}")
 
 
+def image_ready(image: Image) -> bool:
+    return image.disk.exists() and image.kernel.exists() and image.initrd.exists()
+
+
+def check_can_build(distro_name: str) -> None:
+    """Before any long step: a missing image needs root to build (debootstrap, chroot)."""
+    image = image_for(distro_name)
+    if not image_ready(image) and os.geteuid() != 0:
+        raise StateError(f"the {distro_name} guest image is not built yet ({image.path}) and "
+                         "building it needs root (debootstrap, chroot)", rerun_as_root())
+
+
 def ensure_image(distro_name: str) -> Image:
     """Return the cached image for the distro, building it first when its recipe changed."""
     image = image_for(distro_name)
-    if image.disk.exists() and image.kernel.exists() and image.initrd.exists():
+    if image_ready(image):
         return image
+    check_can_build(distro_name)
     image.path.parent.mkdir(parents=True, exist_ok=True)
+    # One build per distro at a time: a second ./kf (another terminal, a molecule run) waits
+    # here instead of deleting the first one's work directory as a stale one.
+    with open(image.path.parent / f".lock-{image.distro.name}", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another ./kf is building the {image.distro.name} image; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if image_ready(image):
+            return image
+        return _build_locked(image)
+
+
+def _build_locked(image: Image) -> Image:
     for stale in image.path.parent.glob(f".build-{image.distro.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
     work = Path(tempfile.mkdtemp(prefix=f".build-{image.distro.name}-", dir=image.path.parent))

@@ -7,6 +7,7 @@ a changed pin installs the new version beside nothing stale.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import CACHE, REPO, HarnessError, log, run, sha256_of
+from .common import CACHE, REPO, HarnessError, StateError, log, run, sha256_of
 
 # Host commands and the Debian packages that provide them.
 APT_COMMANDS = {
@@ -43,6 +44,7 @@ GO_TOOLS = {
 }
 CARGO_TOOLS = {"cargo-audit": "0.22.2"}
 MIN_GO = (1, 24)
+MIN_RUST = (1, 88)
 
 TOOLS = CACHE / "tools"
 # The test setup's signing key and the release it signs: the executor's cargo-audit reaches
@@ -76,13 +78,23 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def ensure_apt() -> None:
-    missing = sorted({pkg for cmd, pkg in APT_COMMANDS.items() if not shutil.which(cmd)})
+def missing_packages(commands: dict[str, str] | None = None) -> list[str]:
+    """Debian packages whose commands (or, for python3-venv, module) this machine lacks."""
+    commands = APT_COMMANDS if commands is None else commands
+    missing = {pkg for cmd, pkg in commands.items() if not shutil.which(cmd)}
+    if commands is APT_COMMANDS and importlib.util.find_spec("ensurepip") is None:
+        missing.add("python3-venv")  # `python3 -m venv` needs it on Debian
+    return sorted(missing)
+
+
+def ensure_apt(commands: dict[str, str] | None = None) -> None:
+    missing = missing_packages(commands)
     if not missing:
         return
     if os.geteuid() != 0:
-        raise HarnessError(f"missing Debian packages {', '.join(missing)}; run as root or "
-                           f"`apt-get install {' '.join(missing)}`")
+        raise StateError(f"missing Debian packages: {', '.join(missing)} (not root, so ./kf "
+                         "cannot install them)",
+                         f"sudo apt-get install --no-install-recommends {' '.join(missing)}")
     log(f"installing Debian packages: {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     run(["apt-get", "update", "-qq"], timeout=600, env=env)
@@ -120,27 +132,53 @@ def ensure_ansible_test_bootstrap() -> None:
     shutil.copyfile(Path(__file__).with_name("get_pip_offline.py"), target)
 
 
-def _go_version() -> tuple[int, int]:
-    if not shutil.which("go"):
-        return (0, 0)
-    out = run(["go", "env", "GOVERSION"], capture=True, timeout=60).stdout.strip()
-    parts = out.removeprefix("go").split(".")
-    return (int(parts[0]), int(parts[1])) if len(parts) >= 2 else (0, 0)
+def _version_of(argv: list[str], prefix: str) -> tuple[int, int] | None:
+    """(major, minor) from e.g. `go env GOVERSION` or `cargo --version`; None when absent."""
+    if not shutil.which(argv[0]):
+        return None
+    out = run(argv, capture=True, timeout=60, check=False).stdout.strip()
+    match = re.match(rf"{re.escape(prefix)}(\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _go_version() -> tuple[int, int] | None:
+    return _version_of(["go", "env", "GOVERSION"], "go")
+
+
+def _cargo_version() -> tuple[int, int] | None:
+    return _version_of(["cargo", "--version"], "cargo ")
 
 
 def _pin_marker(name: str, version: str) -> Path:
     return TOOLS / "pins" / f"{name}@{version}"
 
 
-def install_tools_commands() -> list[tuple[str, list[str], dict[str, str]]]:
-    """The (name, argv, env) of every pinned tool that is not yet installed at its pin."""
+def tool_path(name: str) -> Path:
+    """Where a pinned tool is installed (cargo ones under tools/cargo/bin)."""
+    return TOOLS / "cargo" / "bin" / name if name in CARGO_TOOLS else TOOLS / "bin" / name
+
+
+def tool_ready(name: str) -> bool:
+    version = CARGO_TOOLS[name] if name in CARGO_TOOLS else GO_TOOLS[name][1]
+    return _pin_marker(name, version).exists() and tool_path(name).exists()
+
+
+def install_tools_commands(names: list[str] | None = None
+                           ) -> list[tuple[str, list[str], dict[str, str]]]:
+    """The (name, argv, env) of every wanted pinned tool not yet installed at its pin.
+
+    A Go tool is built into a staging directory and renamed into tools/bin when complete, so a
+    playbook that looks for cosign or syft on PATH while they build finds all of one or none.
+    """
+    wanted = list(GO_TOOLS) + list(CARGO_TOOLS) if names is None else names
     jobs = []
     for name, (module, version) in GO_TOOLS.items():
-        if not _pin_marker(name, version).exists() or not (TOOLS / "bin" / name).exists():
-            env = dict(os.environ, GOBIN=str(TOOLS / "bin"), CGO_ENABLED="0", GOFLAGS="-trimpath")
+        if name in wanted and not tool_ready(name):
+            env = dict(os.environ, GOBIN=str(TOOLS / "staging" / name), CGO_ENABLED="0",
+                       GOFLAGS="-trimpath")
             jobs.append((f"{name}@{version}", ["go", "install", f"{module}@{version}"], env))
     for name, version in CARGO_TOOLS.items():
-        if not _pin_marker(name, version).exists() or not (TOOLS / "cargo/bin" / name).exists():
+        if name in wanted and not tool_ready(name):
             jobs.append((f"{name}@{version}",
                          ["cargo", "install", "--locked", "--quiet", "--version", version,
                           "--no-default-features", "--root", str(TOOLS / "cargo"), name],
@@ -148,62 +186,93 @@ def install_tools_commands() -> list[tuple[str, list[str], dict[str, str]]]:
     return jobs
 
 
-def ensure_tools() -> None:
-    """Build the pinned tools; Go ones and the Rust one in parallel (they compete only for CPU)."""
-    jobs = install_tools_commands()
+def check_build_tools(jobs: list[tuple[str, list[str], dict[str, str]]]) -> None:
+    """Go and cargo, at the versions the pins need, before anything is started."""
+    if any(job[0].split("@")[0] in GO_TOOLS for job in jobs):
+        found = _go_version()
+        if found is None or found < MIN_GO:
+            have = "not on PATH" if found is None else f"go{found[0]}.{found[1]}"
+            raise HarnessError(
+                f"Go >= {MIN_GO[0]}.{MIN_GO[1]} builds cosign and syft (for the tests); "
+                f"found {have}. Install it from https://go.dev/dl (or put it on PATH), "
+                "then re-run")
+    if any(job[0].split("@")[0] in CARGO_TOOLS for job in jobs):
+        found = _cargo_version()
+        if found is None or found < MIN_RUST:
+            have = "not on PATH" if found is None else f"cargo {found[0]}.{found[1]}"
+            raise HarnessError(
+                f"cargo (Rust >= {MIN_RUST[0]}.{MIN_RUST[1]}) builds cargo-audit; found "
+                f"{have}. Install Rust with rustup (or put ~/.cargo/bin on PATH), then re-run")
+
+
+# The builds this process started: stopped when the command fails or is interrupted, so no
+# compiler keeps running behind a `./kf` that has already returned.
+_BUILDS: list[subprocess.Popen] = []
+
+
+def stop_builds() -> None:
+    for proc in _BUILDS:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def ensure_tools(names: list[str] | None = None) -> None:
+    """Build the wanted pinned tools (default: all), in parallel (they compete only for CPU).
+
+    `./kf lab` wants only cargo-audit (the lab's payload); cosign and syft are built for the
+    tests that run them (`./kf test`, `./kf setup`).
+    """
+    jobs = install_tools_commands(names)
     if not jobs:
-        ensure_signed_release()
         return
-    if any(job[0].startswith(tuple(GO_TOOLS)) for job in jobs) and _go_version() < MIN_GO:
-        raise HarnessError(f"Go >= {MIN_GO[0]}.{MIN_GO[1]} is needed to build cosign and syft; "
-                           f"found {_go_version()}")
-    if any(job[0].startswith("cargo-audit") for job in jobs) and not shutil.which("cargo"):
-        raise HarnessError("cargo (Rust >= 1.88) is needed to build cargo-audit")
-    (TOOLS / "pins").mkdir(parents=True, exist_ok=True)
-    (TOOLS / "logs").mkdir(parents=True, exist_ok=True)
+    check_build_tools(jobs)
+    for sub in ("pins", "logs", "bin"):
+        (TOOLS / sub).mkdir(parents=True, exist_ok=True)
     failed = []
     with contextlib.ExitStack() as stack:
         procs = []
         for label, argv, env in jobs:
-            log(f"building {label} (first run only)")
+            log(f"building {label} (first run only; log: {TOOLS / 'logs' / (label + '.log')})")
             logf = stack.enter_context(open(TOOLS / "logs" / f"{label}.log", "w"))
-            # niced: on a cold machine they share two cores with the image builds, which
-            # gate the VM scenarios sooner than the tools do.
-            procs.append((label, subprocess.Popen(["nice", "-n", "10", *argv], env=env,
-                                                  stdout=logf, stderr=logf)))
+            # niced: on a cold machine they share two cores with the image build and the
+            # guest, which gate the lab and the VM scenarios sooner than the tools do.
+            proc = subprocess.Popen(["nice", "-n", "10", *argv], env=env, stdout=logf,
+                                    stderr=logf)
+            _BUILDS.append(proc)
+            procs.append((label, proc))
         for label, proc in procs:
             if proc.wait(timeout=3600) == 0:
-                _pin_marker(*label.split("@")).write_text("ok\n")
+                name, version = label.split("@")
+                if name in GO_TOOLS:
+                    os.replace(TOOLS / "staging" / name / name, TOOLS / "bin" / name)
+                _pin_marker(name, version).write_text("ok\n")
             else:
                 failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
     if failed:
         raise HarnessError("tool build failed: " + ", ".join(failed))
-    ensure_signed_release()
 
 
 def ensure_signed_release() -> None:
-    """Sign the built cargo-audit with the test key (made once, kept in the cache), offline.
+    """Sign the built cargo-audit into RELEASE with the collection's own Python path.
 
-    The key has an empty password and the signature is never uploaded to a transparency log:
-    it exists only for the test scenarios and the lab.
+    cryptography signs (a cosign-compatible key bundle), cyclonedx-python-lib writes the SBOM
+    (syft's when syft is built): no cosign or syft is needed, so the lab does not wait for
+    them. Runs in the controller virtualenv, which has both libraries.
     """
-    cosign = TOOLS / "bin" / "cosign"
-    binary = TOOLS / "cargo" / "bin" / "cargo-audit"
-    env = dict(os.environ, COSIGN_PASSWORD="", HOME=str(SIGNING), TUF_ROOT=str(SIGNING / "tuf"))
-    SIGNING.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not (SIGNING / "cosign.key").exists():
-        log(f"generating the test signing key in {SIGNING}")
-        run([str(cosign), "generate-key-pair", "--output-key-prefix", str(SIGNING / "cosign")],
-            cwd=SIGNING, env=env, timeout=120, capture=True)
-    stamp = sha256_of(binary.read_bytes(), (SIGNING / "cosign.pub").read_bytes())
-    marker = RELEASE / ".signed"
-    if marker.exists() and marker.read_text().strip() == stamp:
-        return
-    log(f"signing cargo-audit into {RELEASE}")
-    RELEASE.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(binary, RELEASE / "cargo-audit")
-    shutil.copyfile(SIGNING / "cosign.pub", RELEASE / "cosign.pub")
-    run([str(cosign), "sign-blob", "--yes", "--key", str(SIGNING / "cosign.key"),
-         "--tlog-upload=false", "--bundle", str(RELEASE / "cargo-audit.bundle"),
-         str(RELEASE / "cargo-audit")], env=env, timeout=300, capture=True)
-    marker.write_text(stamp + "\n")
+    if not tool_path("cargo-audit").exists():
+        raise HarnessError(f"cargo-audit is not built yet at {tool_path('cargo-audit')}; "
+                           "run `./kf setup` first")
+    run([str(venv_dir() / "bin" / "python"), "-m", "tools.kflab.release", "sign"],
+        cwd=REPO, env=tool_env(), timeout=900)
+
+
+def ensure_cosign_key() -> None:
+    """The release key in cosign's own format (cosign.key), for the VM tests that re-sign
+    with the real cosign; made from the Python key once cosign is built."""
+    if tool_path("cosign").exists():
+        run([str(venv_dir() / "bin" / "python"), "-m", "tools.kflab.release", "cosign-key"],
+            cwd=REPO, env=tool_env(), timeout=300)

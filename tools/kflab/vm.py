@@ -14,13 +14,24 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from .common import CACHE, HarnessError, log, run
+from .common import CACHE, HarnessError, StateError, log, run
 from .image import ensure_image, ssh_keypair
 
 INSTANCES = CACHE / "instances"
-BOOT_TIMEOUT = float(os.environ.get("KF_BOOT_TIMEOUT", "420"))
+
+
+def _boot_timeout() -> float:
+    raw = os.environ.get("KF_BOOT_TIMEOUT", "420")
+    try:
+        return float(raw)
+    except ValueError:
+        raise HarnessError(f"KF_BOOT_TIMEOUT must be a number of seconds, not {raw!r}; "
+                           "unset it or set e.g. KF_BOOT_TIMEOUT=600") from None
+
+
 SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             "-o", "ConnectTimeout=10"]
@@ -115,20 +126,77 @@ def _wait_for_ssh(info: dict, path: Path, pid: int, deadline: float) -> None:
             if probe.returncode == 0:
                 return
         time.sleep(2)
-    raise HarnessError(f"{path.name}: no SSH login within {BOOT_TIMEOUT:.0f}s; console:\n"
+    raise HarnessError(f"{path.name}: no SSH login within {_boot_timeout():.0f}s; console:\n"
                        f"{_console_tail(path)}")
 
 
-def up(name: str, distro: str, *, memory_mb: int = 2048, cpus: int = 2) -> dict:
-    """Boot an instance (reusing a running one of the same name) and return its login data."""
+@dataclass
+class Found:
+    """What is on this machine under an instance's name: its folder, qemu and state file."""
+
+    name: str
+    path: Path
+    exists: bool
+    pids: list[int]
+    info: dict | None
+    state_problem: str | None  # why instance.json could not be used, when it exists
+
+    @property
+    def running(self) -> bool:
+        return bool(self.pids) and self.info is not None
+
+    def describe(self) -> str:
+        """One line: what was found (empty when nothing is there)."""
+        pids = ", ".join(map(str, self.pids))
+        if self.running:
+            info = self.info or {}
+            return (f"instance {self.name!r} is up ({info.get('distro', '?')}, qemu pid {pids}, "
+                    f"ssh -p {info.get('port', '?')} {info.get('user', 'root')}@"
+                    f"{info.get('address', '127.0.0.1')})")
+        if self.pids:
+            why = self.state_problem or "no instance.json"
+            return (f"a qemu (pid {pids}) is running for instance {self.name!r} without usable "
+                    f"state ({why}): left by an interrupted run, or another ./kf is booting it")
+        if self.exists:
+            return (f"a stale folder of instance {self.name!r} at {self.path} (no qemu runs for "
+                    "it: left by an interrupted or killed run)")
+        return ""
+
+
+def inspect(name: str) -> Found:
+    """Read an instance's state without changing anything."""
     path = instance_dir(name)
+    pids = _qemu_pids_for(path)
+    info = problem = None
     state = path / "instance.json"
-    if state.exists() and _qemu_pids_for(path):
-        info = json.loads(state.read_text())
-        if info.get("distro") == distro:
-            return info
-    down(name)
+    if path.is_dir() and state.exists():
+        try:
+            info = json.loads(state.read_text())
+            if not isinstance(info, dict) or "port" not in info:
+                info, problem = None, f"{state} has no port"
+        except (OSError, ValueError) as exc:
+            problem = f"{state} unreadable: {exc}"
+    elif path.exists() and not path.is_dir():
+        problem = f"{path} is not a directory"
+    return Found(name, path, path.exists() or path.is_symlink(), pids, info, problem)
+
+
+def up(name: str, distro: str, *, memory_mb: int = 2048, cpus: int = 2,
+       fix: str | None = None) -> dict:
+    """Boot an instance (reusing a running one of the same name and distro), return its login
+    data. Anything else under its name stops it with what was found and the command (`fix`,
+    default `./kf vm down --name NAME`) that clears it, before any image is built."""
+    fix = fix or f"./kf vm down --name {name}"
+    _boot_timeout()  # a bad KF_BOOT_TIMEOUT stops here, not after the image build
+    found = inspect(name)
+    if found.running and (found.info or {}).get("distro") == distro:
+        return found.info or {}
+    if found.running:
+        raise StateError(f"{found.describe()}, not {distro}", fix)
+    if found.pids or found.exists:
+        raise StateError(found.describe(), fix)
     image = ensure_image(distro)
+    path = found.path
     path.mkdir(parents=True)
     try:
         return _boot(name, path, image, memory_mb, cpus)
@@ -179,7 +247,7 @@ def _boot(name: str, path: Path, image, memory_mb: int, cpus: int) -> dict:
             "image": image.path.name}
     log(f"booting {name} ({image.distro.name}, accel {accel}, ssh 127.0.0.1:{port})")
     began = time.monotonic()
-    _wait_for_ssh(info, path, pid, began + BOOT_TIMEOUT)
+    _wait_for_ssh(info, path, pid, began + _boot_timeout())
     info["boot_seconds"] = round(time.monotonic() - began, 1)
     log(f"{name} reachable after {info['boot_seconds']}s")
     (path / "instance.json").write_text(json.dumps(info, indent=2))
@@ -192,8 +260,15 @@ def down(name: str) -> bool:
     pids = _qemu_pids_for(path)
     for pid in pids:
         _terminate(pid)
-    existed = path.exists()
-    shutil.rmtree(path, ignore_errors=True)
+    existed = path.exists() or path.is_symlink()
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif existed:
+            path.unlink()
+    except OSError as exc:
+        raise StateError(f"cannot remove the folder of instance {name!r}: {exc}",
+                         f"rm -rf {path}  # as the user that owns it") from exc
     return existed or bool(pids)
 
 
@@ -215,19 +290,26 @@ def _terminate(pid: int) -> None:
 
 def down_all() -> list[str]:
     removed = []
-    if INSTANCES.exists():
+    if INSTANCES.is_dir():
         for path in sorted(INSTANCES.iterdir()):
-            if down(path.name):
+            if not path.name.startswith(".") and down(path.name):
                 removed.append(path.name)
     return removed
 
 
 def status() -> list[dict]:
     rows = []
-    if INSTANCES.exists():
+    if INSTANCES.is_dir():
         for path in sorted(INSTANCES.iterdir()):
-            state = path / "instance.json"
-            info = json.loads(state.read_text()) if state.exists() else {"instance": path.name}
-            info["running"] = bool(_qemu_pids_for(path))
-            rows.append(info)
+            if path.name.startswith("."):
+                continue
+            found = inspect(path.name)
+            row = dict(found.info or {"instance": path.name})
+            row["running"] = bool(found.pids)
+            if not found.running:
+                row["problem"] = found.describe()
+            rows.append(row)
+    elif INSTANCES.exists():
+        raise StateError(f"{INSTANCES} is not a directory (KF_CACHE={CACHE})",
+                         f"rm {INSTANCES}  # or point KF_CACHE at another directory")
     return rows
