@@ -48,6 +48,12 @@ options:
         records them (C(component), C(name), C(src), C(version), C(key), C(signature),
         C(bundle), C(certificate_identity), C(certificate_identity_regexp),
         C(certificate_oidc_issuer), C(trusted_root), C(sha256), C(sbom)).
+      - An artifact without C(key) is verified keyless and needs C(bundle),
+        C(certificate_oidc_issuer), C(trusted_root) and either C(certificate_identity) or a
+        C(certificate_identity_regexp) that is not empty and does not match an empty identity
+        (such an expression admits every signer of the trusted root); C(key) excludes the keyless
+        fields. Otherwise the task fails before verifying anything, naming the option
+        (for example C(artifacts[0].certificate_identity_regexp)).
       - Ignored when O(verified) is given.
     type: list
     elements: dict
@@ -148,6 +154,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     Artifact,
     VerificationFailed,
+    artifact_argument_errors,
     verify_with_python,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_install import (
@@ -196,6 +203,9 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
+    errors = artifact_argument_errors(module.params["artifacts"])
+    if errors:
+        module.fail_json(msg="invalid artifacts: " + "; ".join(errors), errors=errors)
     root = module.params["install_root"]
     raw_items = module.params["items"]
     if raw_items is None:
