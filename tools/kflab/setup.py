@@ -40,9 +40,12 @@ APT_COMMANDS = {
 GO_TOOLS = {
     "cosign": ("github.com/sigstore/cosign/v2/cmd/cosign", "v2.6.5"),
     "syft": ("github.com/anchore/syft/cmd/syft", "v1.50.0"),
+    # cosign 3 beside cosign 2 (the verifier reads both tools' bundles): installed as
+    # bin/cosign3. v3.1.3 is the newest that Go 1.26 builds (v3.1.4 needs Go 1.27).
+    "cosign3": ("github.com/sigstore/cosign/v3/cmd/cosign", "v3.1.3"),
 }
 CARGO_TOOLS = {"cargo-audit": "0.22.2"}
-MIN_GO = (1, 24)
+MIN_GO = (1, 26)
 
 TOOLS = CACHE / "tools"
 # The test setup's signing key and the release it signs: the executor's cargo-audit reaches
@@ -127,12 +130,28 @@ def _pin_marker(name: str, version: str) -> Path:
     return TOOLS / "pins" / f"{name}@{version}"
 
 
+def _go_bin(name: str, module: str) -> Path:
+    """Where `go install` puts a Go tool: bin/, or its own directory when the command's name
+    is not the tool's (cosign3 is cmd/cosign), linked into bin/ under the tool's name."""
+    return TOOLS / "bin" if module.rsplit("/", 1)[-1] == name else TOOLS / "go" / name
+
+
+def _link_go_tool(name: str) -> None:
+    module = GO_TOOLS[name][0]
+    if _go_bin(name, module) != TOOLS / "bin":
+        (TOOLS / "bin").mkdir(parents=True, exist_ok=True)
+        link = TOOLS / "bin" / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(_go_bin(name, module) / module.rsplit("/", 1)[-1])
+
+
 def install_tools_commands() -> list[tuple[str, list[str], dict[str, str]]]:
     """The (name, argv, env) of every pinned tool that is not yet installed at its pin."""
     jobs = []
     for name, (module, version) in GO_TOOLS.items():
         if not _pin_marker(name, version).exists() or not (TOOLS / "bin" / name).exists():
-            env = dict(os.environ, GOBIN=str(TOOLS / "bin"), CGO_ENABLED="0", GOFLAGS="-trimpath")
+            env = dict(os.environ, GOBIN=str(_go_bin(name, module)), CGO_ENABLED="0",
+                       GOFLAGS="-trimpath")
             jobs.append((f"{name}@{version}", ["go", "install", f"{module}@{version}"], env))
     for name, version in CARGO_TOOLS.items():
         if not _pin_marker(name, version).exists() or not (TOOLS / "cargo/bin" / name).exists():
@@ -168,6 +187,8 @@ def ensure_tools() -> None:
                                                   stdout=logf, stderr=logf)))
         for label, proc in procs:
             if proc.wait(timeout=3600) == 0:
+                if label.split("@")[0] in GO_TOOLS:
+                    _link_go_tool(label.split("@")[0])
                 _pin_marker(*label.split("@")).write_text("ok\n")
             else:
                 failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
