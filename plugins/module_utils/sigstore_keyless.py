@@ -2,9 +2,13 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Keyless (Fulcio certificate) verification of a Sigstore bundle against a user's trusted root.
 
-The signer identity and issuer are read from the bundle's certificate and compared here, on
-both paths, so a wrong identity or issuer is reported the same way whether cosign or
-sigstore-python then checks the chain, the SCT, the log entry and the signature.
+Everything that is not the signature itself is checked here, in Python, on both paths, so a
+defect is reported with the same reason whether cosign or sigstore-python then checks the
+chain, the SCT, the log entry and the signature: the trusted root is a usable one (not another
+Sigstore document, with a CA and both logs), one of its CAs issued the certificate, the identity
+and issuer are the expected ones, the bundle's logs are in the root, and each trusted-root entry
+the signature relies on was valid at the signing time (neither client checks that on its own:
+sigstore-python accepts an entry whose window ended before the signature).
 """
 
 from __future__ import annotations

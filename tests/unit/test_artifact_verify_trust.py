@@ -32,8 +32,12 @@ FIX = Path(__file__).parent / "fixtures/keyless"
 COSIGN = os.environ.get("KF_COSIGN") or shutil.which("cosign") or str(
     Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/cosign")
 # As in test_artifact_verify.py: the cosign path runs wherever the pinned cosign is built.
+COSIGN3 = os.environ.get("KF_COSIGN3") or shutil.which("cosign3") or str(
+    Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/cosign3")
 BACKENDS = ["python", pytest.param("cosign", marks=pytest.mark.skipif(
-    not os.access(COSIGN, os.X_OK), reason=f"cosign not built yet at {COSIGN}"))]
+    not os.access(COSIGN, os.X_OK), reason=f"cosign not built yet at {COSIGN}")),
+    pytest.param("cosign3", marks=pytest.mark.skipif(
+        not os.access(COSIGN3, os.X_OK), reason=f"cosign3 not built yet at {COSIGN3}"))]
 IDENTITY = "release-signer@kernelfence.test"
 ISSUER = "https://issuer.kernelfence.test"
 BLOB = b"kernelfence trust-root case artifact\n"
@@ -76,7 +80,9 @@ def write_case(tmp_path, root_doc, bundle):
 
 
 def verify(art, backend):
-    return verify_artifact(art, backend, COSIGN if backend == "cosign" else None)
+    if backend == "python":
+        return verify_artifact(art, "python")
+    return verify_artifact(art, "cosign", {"cosign": COSIGN, "cosign3": COSIGN3}[backend])
 
 
 def refused(art, backend):
