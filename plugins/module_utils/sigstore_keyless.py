@@ -7,8 +7,9 @@ defect is reported with the same reason whether cosign or sigstore-python then c
 chain, the SCT, the log entry and the signature: the trusted root is a usable one (not another
 Sigstore document, with a CA and both logs), one of its CAs issued the certificate, the identity
 and issuer are the expected ones, the bundle's logs are in the root, and each trusted-root entry
-the signature relies on was valid at the signing time (neither client checks that on its own:
-sigstore-python accepts an entry whose window ended before the signature).
+the signature relies on was valid at the signing time (sigstore-python 4.5 accepts an entry whose
+window ended before the signature; cosign refuses one, but as an error the verdict cannot tell
+from a bad signature).
 """
 
 from __future__ import annotations

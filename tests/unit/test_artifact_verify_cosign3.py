@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,74 @@ def test_bundle_signed_now_by_cosign3_verifies_on_every_path(tmp_path):
         with pytest.raises(VerificationFailed) as exc:
             verify(art, backend)
         assert exc.value.reason == "bundle-for-another-file"
+
+
+def _keyless_tools():
+    """make_keyless (the private root) and loopback_sigstore (its Fulcio and Rekor)."""
+    keyless = str(Path(__file__).parent / "fixtures/keyless")
+    if keyless not in sys.path:
+        sys.path.insert(0, keyless)
+    import loopback_sigstore
+    import make_keyless
+
+    return make_keyless, loopback_sigstore
+
+
+@pytest.fixture(scope="module")
+def cosign3_keyless(tmp_path_factory):
+    """A keyless bundle written by the real cosign 3 against a private Fulcio and Rekor on
+    loopback, under a generated private trust root."""
+    if not HAVE_COSIGN3:
+        pytest.skip(f"cosign3 not built yet at {COSIGN3}")
+    make_keyless, loopback = _keyless_tools()
+    work = tmp_path_factory.mktemp("cosign3-keyless")
+    root = make_keyless.make_root("kernelfence test")
+    (work / "trusted_root.json").write_text(json.dumps(root["doc"]))
+    (work / "tool").write_bytes(b"a component binary, signed keyless by cosign 3\n")
+    (work / "token").write_text(loopback.identity_token(make_keyless.IDENTITY,
+                                                        make_keyless.ISSUER))
+    with loopback.LoopbackSigstore(root) as services:
+        service = f"url={services.url},api-version=1,start-time=2025-01-01T00:00:00Z,operator=kf"
+        cosign3("signing-config", "create", f"--fulcio={service}", f"--rekor={service}",
+                "--rekor-config=ANY", "--out", "signing-config.json", cwd=work)
+        cosign3("sign-blob", "--yes", "--identity-token", "token", "--signing-config",
+                "signing-config.json", "--trusted-root", "trusted_root.json",
+                "--bundle", "tool.sigstore.json", "tool", cwd=work)
+        assert services.requests == ["/api/v2/signingCert", "/api/v1/log/entries"]
+    return work, root, make_keyless
+
+
+def keyless_artifact(work, make_keyless, root_file="trusted_root.json", **over):
+    fields = {"certificate_identity": make_keyless.IDENTITY,
+              "certificate_oidc_issuer": make_keyless.ISSUER,
+              "trusted_root": str(work / root_file), **over}
+    return Artifact(component="executor", name="tool", src=str(work / "tool"),
+                    bundle=str(work / "tool.sigstore.json"), **fields)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keyless_bundle_signed_by_cosign3_verifies(cosign3_keyless, backend):
+    work, _root, make_keyless = cosign3_keyless
+    doc = json.loads((work / "tool.sigstore.json").read_text())
+    assert doc["mediaType"] == "application/vnd.dev.sigstore.bundle.v0.3+json"
+    assert "certificate" in doc["verificationMaterial"]
+    evidence = verify(keyless_artifact(work, make_keyless), backend)
+    assert evidence.method == "keyless"
+    assert evidence.signer_identity == make_keyless.IDENTITY
+    with pytest.raises(VerificationFailed) as exc:
+        verify(keyless_artifact(work, make_keyless, certificate_identity="ci@kernelfence.test"),
+               backend)
+    assert exc.value.reason == "identity-mismatch"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cosign3_keyless_bundle_under_an_expired_log_key_is_refused(cosign3_keyless, backend):
+    work, root, make_keyless = cosign3_keyless
+    doc = json.loads(json.dumps(root["doc"]))
+    doc["tlogs"][0]["publicKey"]["validFor"] = {"start": "2025-01-01T00:00:00Z",
+                                                "end": "2026-01-01T00:00:00Z"}
+    (work / "expired-tlog-root.json").write_text(json.dumps(doc))
+    with pytest.raises(VerificationFailed) as exc:
+        verify(keyless_artifact(work, make_keyless, "expired-tlog-root.json"), backend)
+    assert exc.value.reason == "trusted-root-validity"
+    assert "tlogs[0] (transparency log https://rekor.kernelfence.test)" in str(exc.value)
