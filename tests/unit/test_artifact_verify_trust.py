@@ -400,3 +400,17 @@ def test_argument_checks_accept_the_component_model_record(tmp_path, signed):
     key_based = {"component": "executor", "name": "tool", "src": "/x", "key": "/k.pub",
                  "signature": "/s", "certificate_identity": None, "trusted_root": None}
     assert artifact_argument_errors([key_based]) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_without_a_signed_log_time_the_certificate_validity_bounds_the_window(
+        tmp_path, signed, backend):
+    """No signed entry timestamp (no verified signing time): a CA whose window ended before
+    its certificate's validity began cannot have issued it for any signing time."""
+    root, bundle = signed
+    bundle = copy.deepcopy(bundle)
+    del bundle["verificationMaterial"]["tlogEntries"][0]["inclusionPromise"]
+    art = write_case(tmp_path, with_window(root["doc"], "ca", ENDED_BEFORE), bundle)
+    exc = refused(art, backend)
+    assert exc.reason == "trusted-root-validity", str(exc)
+    assert "the signing certificate only from" in str(exc)
