@@ -381,6 +381,12 @@ def cosign_version(cosign: str) -> str:
         return "unknown"
 
 
+def cosign_major(version: str) -> int:
+    """2 for cosign v2.x, 3 for v3.x; 2 when the version cannot be read (the older flags)."""
+    match = re.match(r"v?(\d+)\.", version)
+    return int(match.group(1)) if match else 2
+
+
 def _empty_trusted_root(tmpdir: str) -> str:
     # cosign reads a Sigstore bundle only with a trusted root; a key-based bundle needs no CA or
     # log from it, so an empty root keeps the check offline.
@@ -391,9 +397,14 @@ def _empty_trusted_root(tmpdir: str) -> str:
     return path
 
 
-def cosign_argv(cosign: str, art: Artifact, material: SignatureMaterial, tmpdir: str) -> list[str]:
-    """The ``cosign verify-blob`` command line (cosign 2.6), offline and without any network."""
-    argv = [cosign, "verify-blob", "--offline=true"]
+def cosign_argv(cosign: str, art: Artifact, material: SignatureMaterial, tmpdir: str,
+                major: int = 2) -> list[str]:
+    """The ``cosign verify-blob`` command line (cosign 2.6 or 3), offline and without any network.
+
+    cosign 3 deprecates ``--offline`` (a bundle and a trusted root are how it verifies offline;
+    the environment of cosign_env stops its TUF fetch), so it is passed to cosign 2 only.
+    """
+    argv = [cosign, "verify-blob", *(["--offline=true"] if major < 3 else [])]
     if not art.keyless:
         argv += ["--key", str(art.key), "--insecure-ignore-tlog=true"]
         if art.bundle:
@@ -453,15 +464,16 @@ def verify_with_cosign(art: Artifact, cosign: str) -> Evidence:
 
         facts = keyless_prechecks(art)
         identity, issuer = facts.identity, facts.issuer
+    version = cosign_version(cosign)
     with tempfile.TemporaryDirectory(prefix="kf-cosign-") as tmpdir:
-        argv = cosign_argv(cosign, art, material, tmpdir)
+        argv = cosign_argv(cosign, art, material, tmpdir, cosign_major(version))
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
                               env=cosign_env(tmpdir, art.keyless))
     if proc.returncode != 0:
         raise classify_cosign_failure(art, proc.stderr + proc.stdout, fingerprint, identity)
     evidence = Evidence(artifact=art.label, file=art.src, sha256=digest, size=size,
                         method="keyless" if art.keyless else "key", tool="cosign",
-                        tool_version=cosign_version(cosign), verified_at=_now(),
+                        tool_version=version, verified_at=_now(),
                         key_fingerprint=fingerprint, signature_source=material.source,
                         signer_identity=identity, issuer=issuer)
     return evidence

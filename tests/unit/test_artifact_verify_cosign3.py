@@ -9,6 +9,7 @@ test_artifact_verify.py, where cosign 3 is one more verifier.
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -229,3 +230,47 @@ def test_cosign3_keyless_bundle_under_an_expired_log_key_is_refused(cosign3_keyl
         verify(keyless_artifact(work, make_keyless, "expired-tlog-root.json"), backend)
     assert exc.value.reason == "trusted-root-validity"
     assert "tlogs[0] (transparency log https://rekor.kernelfence.test)" in str(exc.value)
+
+
+def listed_flags(cosign):
+    """The flags `verify-blob --help` lists: cosign hides the ones it deprecates."""
+    proc = subprocess.run([cosign, "verify-blob", "--help"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return set(re.findall(r"^\s+(--[a-z0-9-]+)=", proc.stdout + proc.stderr, re.MULTILINE))
+
+
+ARTIFACTS = Path(__file__).parent / "fixtures/artifacts"
+KEYLESS = Path(__file__).parent / "fixtures/keyless"
+ARGV_CASES = {
+    "detached-signature": dict(src=ARTIFACTS / "artifact.bin", key=ARTIFACTS / "signer.pub",
+                               signature=ARTIFACTS / "artifact.sig"),
+    "cosign2-bundle": dict(src=ARTIFACTS / "artifact.bin", key=ARTIFACTS / "signer.pub",
+                           bundle=ARTIFACTS / "artifact.bundle"),
+    "cosign3-bundle": dict(src=FIX / "artifact.bin", key=FIX / "signer.pub",
+                           bundle=FIX / "artifact.sigstore.json"),
+    "keyless": dict(src=KEYLESS / "artifact.bin", bundle=KEYLESS / "artifact.sigstore.json",
+                    trusted_root=KEYLESS / "trusted_root.json",
+                    certificate_identity="release-signer@kernelfence.test",
+                    certificate_oidc_issuer="https://issuer.kernelfence.test"),
+}
+
+
+@NEEDS_COSIGN3
+@pytest.mark.parametrize("case", sorted(ARGV_CASES))
+def test_cosign3_is_called_without_flags_it_deprecates(tmp_path, case):
+    """The real cosign 3 behind a wrapper that records its argv: every flag the verifier passes
+    is one cosign 3 lists, except --signature, which has no replacement for a detached
+    signature (cosign 3 deprecates detached signatures themselves)."""
+    log = tmp_path / "argv.log"
+    wrapper = tmp_path / "cosign"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{COSIGN3}" "$@"\n')
+    wrapper.chmod(0o755)
+    art = Artifact(component="executor", name="tool",
+                   **{k: str(v) for k, v in ARGV_CASES[case].items()})
+    assert verify_artifact(art, "cosign", str(wrapper)).tool_version.startswith("v3.")
+    calls = [line for line in log.read_text().splitlines() if line.startswith("verify-blob")]
+    assert len(calls) == 1, calls
+    passed = {word.split("=")[0] for word in calls[0].split() if word.startswith("--")}
+    unlisted = passed - listed_flags(COSIGN3) - ({"--signature"} if case.startswith("detached")
+                                                 else set())
+    assert not unlisted, f"cosign 3 deprecates {sorted(unlisted)}: {calls[0]}"
