@@ -1,0 +1,22 @@
+"""The pinned cosign 3 is built beside cosign 2 and reachable as bin/cosign3 (not over it)."""
+
+from tools.kflab import setup
+
+
+def test_cosign3_is_built_into_its_own_directory_and_linked(tmp_path, monkeypatch):
+    monkeypatch.setattr(setup, "TOOLS", tmp_path)
+    jobs = {label: (argv, env) for label, argv, env in setup.install_tools_commands()}
+    module, version = setup.GO_TOOLS["cosign3"]
+    assert module == "github.com/sigstore/cosign/v3/cmd/cosign" and version.startswith("v3.")
+    argv, env = jobs[f"cosign3@{version}"]
+    assert argv == ["go", "install", f"{module}@{version}"]
+    # `go install` names the binary cosign: its own GOBIN keeps it off cosign 2's.
+    assert env["GOBIN"] == str(tmp_path / "go" / "cosign3")
+    assert jobs[f"cosign@{setup.GO_TOOLS['cosign'][1]}"][1]["GOBIN"] == str(tmp_path / "bin")
+    built = tmp_path / "go" / "cosign3" / "cosign"
+    built.parent.mkdir(parents=True)
+    built.write_text("#!/bin/sh\n")
+    setup._link_go_tool("cosign3")
+    setup._link_go_tool("cosign")  # named as its command: nothing to link
+    assert (tmp_path / "bin" / "cosign3").resolve() == built.resolve()
+    assert not (tmp_path / "bin" / "cosign").exists()
