@@ -24,8 +24,10 @@ description:
     (C(evidence.json)); under O(install_root), C(inventory.json) lists every component binary
     with its verified digest.
   - Any failure (tampered file, wrong key, wrong identity or issuer, bundle of another file,
-    missing signature, digest mismatch on the host) fails the task with a message naming the
-    artifact and the reason, and leaves C(current) and the running services as they were.
+    missing signature, a trusted root that is not one, lacks the bundle's log, or whose CA,
+    transparency-log or CT-log entry was not valid (C(validFor)) at the signing time, digest
+    mismatch on the host) fails the task with a message naming the artifact and the reason,
+    and leaves C(current) and the running services as they were.
 author: kernelfence contributors (@kernelfence)
 attributes:
   check_mode:
