@@ -20,6 +20,7 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     Artifact,
     VerificationFailed,
+    artifact_argument_errors,
     sha256_file,
     verify_artifact,
 )
@@ -103,12 +104,14 @@ def verify_all(artifacts: list[dict], backend: str, cosign: str | None,
         try:
             evidence = verify_artifact(art, backend, cosign)
             sbom, sbom_source = _sbom_for(raw, art, evidence.sha256, backend, cosign, syft)
+        # "from None": ansible-core appends every chained cause's text to the message, and
+        # the message already holds the cause (each reason once).
         except VerificationFailed as exc:
             raise AnsibleActionFail(str(exc), result={"reason": exc.reason,
                                                       "artifact": exc.label,
-                                                      "tool_output": exc.tool_output}) from exc
+                                                      "tool_output": exc.tool_output}) from None
         except SbomError as exc:
-            raise AnsibleActionFail(f"artifact {art.label}: SBOM: {exc}") from exc
+            raise AnsibleActionFail(f"artifact {art.label}: SBOM: {exc}") from None
         evidence.extra.update(sbom_source)
         evidence.extra["version"] = art.version
         out.append({"component": art.component, "name": art.name, "version": art.version,
@@ -170,6 +173,11 @@ class ActionModule(ActionBase):
         syft = args["syft"] or (shutil.which("syft") if args["backend"] != "python" else None)
         verified = args["verified"]
         if verified is None:
+            errors = artifact_argument_errors(args["artifacts"])
+            if errors:
+                raise AnsibleActionFail("invalid artifacts: " + "; ".join(errors),
+                                        result={"reason": "invalid-arguments",
+                                                "errors": errors})
             cosign = args["cosign"] or (shutil.which("cosign") if args["backend"] != "python"
                                         else None)
             missing = missing_libraries(args["artifacts"], args["backend"], cosign)

@@ -17,8 +17,10 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Why an artifact was refused. The message text is shared by both verification paths.
@@ -36,8 +38,19 @@ REASONS = {
     "issuer-mismatch": "certificate OIDC issuer does not match",
     "untrusted-certificate": "certificate does not chain to the trusted root",
     "missing-trusted-root": "trusted root not found",
+    "missing-identity": "certificate identity not given",
+    "bad-identity-regexp": "certificate identity regexp refused",
+    "missing-issuer": "certificate OIDC issuer not given",
+    "conflicting-inputs": "inputs contradict each other",
+    "bad-trusted-root": "trusted root cannot be used",
+    "client-trust-config": "a client trust config is not a trusted root",
+    "untrusted-log": "transparency log not in the trusted root",
+    "untrusted-ct-log": "CT log not in the trusted root",
+    "trusted-root-validity": "trusted root entry not valid at the signing time",
     "tool-error": "verification tool failed",
 }
+KEYLESS_FIELDS = ("certificate_identity", "certificate_identity_regexp",
+                  "certificate_oidc_issuer", "trusted_root")
 
 COSIGN_BUNDLE_MEDIA_PREFIX = "application/vnd.dev.sigstore.bundle"
 _CHUNK = 1 << 20
@@ -86,6 +99,102 @@ class Artifact:
                       for k, v in data.items() if k in known})
 
 
+def _given(value: object) -> bool:
+    return value is not None and str(value).strip() != ""
+
+
+def identity_regexp_problem(pattern: str) -> str | None:
+    """Why an identity regular expression cannot stand for a signer, or None when it can."""
+    fix = ("give the exact identity as certificate_identity, or an anchored expression that "
+           "names the signer, such as ^release@example\\.com$")
+    if pattern == "":
+        return f"empty; an empty regular expression matches every signer of the trusted root; {fix}"
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"{pattern!r} is not a regular expression ({exc}); fix the expression"
+    if compiled.search("") is not None:
+        # search() semantics, as cosign and the Python path match: a pattern that matches the
+        # empty string matches inside every identity.
+        return (f"{pattern!r} matches an empty identity, so it matches every signer of the "
+                f"trusted root; {fix}")
+    return None
+
+
+def input_problems(fields: Mapping[str, object]) -> list[tuple[str, str, str]]:
+    """(reason, option, what is wrong and the fix) for each input of one artifact that is
+    missing or would admit any signer.
+
+    Shared by the module's argument checks (which name the option) and the verifier itself
+    (which refuses the artifact), so a direct call fails the same way the task does.
+    """
+    problems: list[tuple[str, str, str]] = []
+    if _given(fields.get("key")):
+        for option in KEYLESS_FIELDS:
+            if fields.get(option) is not None:
+                problems.append((
+                    "conflicting-inputs", option,
+                    "given with key; a key makes the verification key-based and the keyless "
+                    "fields would be ignored; give key or certificate_identity (or "
+                    "certificate_identity_regexp), certificate_oidc_issuer and trusted_root, "
+                    "not both"))
+        return problems
+    identity = fields.get("certificate_identity")
+    regexp = fields.get("certificate_identity_regexp")
+    if identity is not None and regexp is not None:
+        problems.append(("conflicting-inputs", "certificate_identity_regexp",
+                         "given with certificate_identity; give one of them"))
+    elif regexp is not None:
+        problem = identity_regexp_problem(str(regexp))
+        if problem:
+            problems.append(("bad-identity-regexp", "certificate_identity_regexp", problem))
+    elif not _given(identity):
+        state = "missing" if identity is None else "empty"
+        problems.append((
+            "missing-identity", "certificate_identity",
+            f"{state}; keyless verification (no key) needs the signer identity the "
+            "certificate must name: give certificate_identity (exact, e.g. "
+            "release@example.com) or certificate_identity_regexp"))
+    if not _given(fields.get("certificate_oidc_issuer")):
+        state = "missing" if fields.get("certificate_oidc_issuer") is None else "empty"
+        problems.append((
+            "missing-issuer", "certificate_oidc_issuer",
+            f"{state}; keyless verification needs the OIDC issuer URL the certificate must "
+            "name (e.g. https://token.actions.githubusercontent.com)"))
+    if not _given(fields.get("trusted_root")):
+        problems.append((
+            "missing-trusted-root", "trusted_root",
+            "missing; keyless verification needs the path of the Sigstore trusted root "
+            "(trusted_root.json: the CA, the transparency log and the CT log keys)"))
+    if not _given(fields.get("bundle")):
+        problems.append(("missing-signature", "bundle",
+                         "missing; keyless verification needs the Sigstore bundle "
+                         "(cosign sign-blob --bundle)"))
+    return problems
+
+
+def artifact_argument_errors(artifacts: object, option: str = "artifacts") -> list[str]:
+    """The module's own checks of its artifacts option, one message per problem, each naming
+    the option (artifacts[N].field), the artifact and the fix."""
+    if not isinstance(artifacts, list):
+        return [f"{option}: must be a list of artifacts"]
+    errors = []
+    for index, raw in enumerate(artifacts):
+        where = f"{option}[{index}]"
+        if not isinstance(raw, Mapping):
+            errors.append(f"{where}: must be a dict (component, name, src, ...), "
+                          f"got {type(raw).__name__}")
+            continue
+        label = f"{raw.get('component')}/{raw.get('name')}"
+        for required in ("component", "name", "src"):
+            if not _given(raw.get(required)):
+                errors.append(f"{where}.{required} ({label}): missing; every artifact needs "
+                              "component, name and src")
+        errors.extend(f"{where}.{name} ({label}): {detail}"
+                      for _reason, name, detail in input_problems(raw))
+    return errors
+
+
 @dataclass
 class Evidence:
     """What was verified, by what and against what: written next to the installed file."""
@@ -126,7 +235,9 @@ def _now() -> str:
 
 
 def _require(art: Artifact, path: str | None, reason: str, what: str) -> str:
-    if not path or not os.path.isfile(path):
+    if not path:
+        raise VerificationFailed(art.label, reason, f"no {what} given")
+    if not os.path.isfile(path):
         raise VerificationFailed(art.label, reason, f"{what} {path!r} does not exist")
     return path
 
@@ -208,16 +319,18 @@ def load_public_key(art: Artifact):
 
 
 def prechecks(art: Artifact) -> tuple[str, int, SignatureMaterial]:
-    """Checks both paths share: files present, pinned digest, the file a bundle names."""
+    """Checks both paths share: inputs given, files present, pinned digest, the file a bundle
+    names."""
+    problems = input_problems(art.__dict__)
+    if problems:
+        reason, option, detail = problems[0]
+        raise VerificationFailed(art.label, reason, f"{option}: {detail}")
     _require(art, art.src, "missing-artifact", "artifact")
     digest, size = sha256_file(art.src)
     if art.sha256 and art.sha256.lower().removeprefix("sha256:") != digest:
         raise VerificationFailed(art.label, "digest-mismatch",
                                  f"{art.src} has sha256 {digest}, the pin is {art.sha256}")
     if art.keyless:
-        if not art.bundle:
-            raise VerificationFailed(art.label, "missing-signature",
-                                     "keyless verification needs a bundle")
         _require(art, art.trusted_root, "missing-trusted-root", "trusted root")
     material = read_signature_material(art)
     if material.bundle_digest and material.bundle_digest != digest:
@@ -268,6 +381,12 @@ def cosign_version(cosign: str) -> str:
         return "unknown"
 
 
+def cosign_major(version: str) -> int:
+    """2 for cosign v2.x, 3 for v3.x; 2 when the version cannot be read (the older flags)."""
+    match = re.match(r"v?(\d+)\.", version)
+    return int(match.group(1)) if match else 2
+
+
 def _empty_trusted_root(tmpdir: str) -> str:
     # cosign reads a Sigstore bundle only with a trusted root; a key-based bundle needs no CA or
     # log from it, so an empty root keeps the check offline.
@@ -278,9 +397,14 @@ def _empty_trusted_root(tmpdir: str) -> str:
     return path
 
 
-def cosign_argv(cosign: str, art: Artifact, material: SignatureMaterial, tmpdir: str) -> list[str]:
-    """The ``cosign verify-blob`` command line (cosign 2.6), offline and without any network."""
-    argv = [cosign, "verify-blob", "--offline=true"]
+def cosign_argv(cosign: str, art: Artifact, material: SignatureMaterial, tmpdir: str,
+                major: int = 2) -> list[str]:
+    """The ``cosign verify-blob`` command line (cosign 2.6 or 3), offline and without any network.
+
+    cosign 3 deprecates ``--offline`` (a bundle and a trusted root are how it verifies offline;
+    the environment of cosign_env stops its TUF fetch), so it is passed to cosign 2 only.
+    """
+    argv = [cosign, "verify-blob", *(["--offline=true"] if major < 3 else [])]
     if not art.keyless:
         argv += ["--key", str(art.key), "--insecure-ignore-tlog=true"]
         if art.bundle:
@@ -336,18 +460,20 @@ def verify_with_cosign(art: Artifact, cosign: str) -> Evidence:
     if not art.keyless:
         _key, fingerprint = load_public_key(art)
     else:
-        from .sigstore_keyless import certificate_identity  # type: ignore[import-not-found]
+        from .sigstore_keyless import keyless_prechecks  # type: ignore[import-not-found]
 
-        identity, issuer = certificate_identity(art)
+        facts = keyless_prechecks(art)
+        identity, issuer = facts.identity, facts.issuer
+    version = cosign_version(cosign)
     with tempfile.TemporaryDirectory(prefix="kf-cosign-") as tmpdir:
-        argv = cosign_argv(cosign, art, material, tmpdir)
+        argv = cosign_argv(cosign, art, material, tmpdir, cosign_major(version))
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
                               env=cosign_env(tmpdir, art.keyless))
     if proc.returncode != 0:
         raise classify_cosign_failure(art, proc.stderr + proc.stdout, fingerprint, identity)
     evidence = Evidence(artifact=art.label, file=art.src, sha256=digest, size=size,
                         method="keyless" if art.keyless else "key", tool="cosign",
-                        tool_version=cosign_version(cosign), verified_at=_now(),
+                        tool_version=version, verified_at=_now(),
                         key_fingerprint=fingerprint, signature_source=material.source,
                         signer_identity=identity, issuer=issuer)
     return evidence

@@ -24,8 +24,10 @@ description:
     (C(evidence.json)); under O(install_root), C(inventory.json) lists every component binary
     with its verified digest.
   - Any failure (tampered file, wrong key, wrong identity or issuer, bundle of another file,
-    missing signature, digest mismatch on the host) fails the task with a message naming the
-    artifact and the reason, and leaves C(current) and the running services as they were.
+    missing signature, a trusted root that is not one, lacks the bundle's log, or whose CA,
+    transparency-log or CT-log entry was not valid (C(validFor)) at the signing time, digest
+    mismatch on the host) fails the task with a message naming the artifact and the reason,
+    and leaves C(current) and the running services as they were.
 author: kernelfence contributors (@kernelfence)
 requirements:
   - "On the controller: C(cryptography) (C(pip install cryptography)) and C(cyclonedx-python-lib)
@@ -57,6 +59,12 @@ options:
         records them (C(component), C(name), C(src), C(version), C(key), C(signature),
         C(bundle), C(certificate_identity), C(certificate_identity_regexp),
         C(certificate_oidc_issuer), C(trusted_root), C(sha256), C(sbom)).
+      - An artifact without C(key) is verified keyless and needs C(bundle),
+        C(certificate_oidc_issuer), C(trusted_root) and either C(certificate_identity) or a
+        C(certificate_identity_regexp) that is not empty and does not match an empty identity
+        (such an expression admits every signer of the trusted root); C(key) excludes the keyless
+        fields. Otherwise the task fails before verifying anything, naming the option
+        (for example C(artifacts[0].certificate_identity_regexp)).
       - Ignored when O(verified) is given.
     type: list
     elements: dict
@@ -183,6 +191,7 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     Artifact,
     VerificationFailed,
+    artifact_argument_errors,
     verify_with_python,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_install import (
@@ -270,6 +279,9 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
+    errors = artifact_argument_errors(module.params["artifacts"])
+    if errors:
+        module.fail_json(msg="invalid artifacts: " + "; ".join(errors), errors=errors)
     root = module.params["install_root"]
     raw_items = module.params["items"]
     if raw_items is None:

@@ -22,8 +22,13 @@ COSIGN = os.environ.get("KF_COSIGN") or shutil.which("cosign") or str(
 HAVE_COSIGN = os.access(COSIGN, os.X_OK)
 # The cosign path needs the pinned cosign. `./kf test` runs the unit stage only after the pinned
 # tools are built, so there it always runs; only a hand-run pytest without the tools skips it.
+# cosign 3 (pinned beside cosign 2) as the verifier of the same cosign 2 signatures and bundles.
+COSIGN3 = os.environ.get("KF_COSIGN3") or shutil.which("cosign3") or str(
+    Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/cosign3")
 BACKENDS = ["python", pytest.param("cosign", marks=pytest.mark.skipif(
-    not HAVE_COSIGN, reason=f"cosign not built yet at {COSIGN}"))]
+    not HAVE_COSIGN, reason=f"cosign not built yet at {COSIGN}")),
+    pytest.param("cosign3", marks=pytest.mark.skipif(
+        not os.access(COSIGN3, os.X_OK), reason=f"cosign3 not built yet at {COSIGN3}"))]
 
 
 def fingerprint(pub: str) -> str:
@@ -45,7 +50,9 @@ def artifact(tmp_path, src="artifact.bin", **fields):
 
 
 def verify(art, backend):
-    return verify_artifact(art, backend, COSIGN if backend == "cosign" else None)
+    if backend == "python":
+        return verify_artifact(art, "python")
+    return verify_artifact(art, "cosign", {"cosign": COSIGN, "cosign3": COSIGN3}[backend])
 
 
 GOOD = {
@@ -65,7 +72,10 @@ def test_good_artifacts_verify(tmp_path, backend, case):
     assert evidence["size"] == len(content)
     assert evidence["key_fingerprint"] == fingerprint("signer.pub")
     assert evidence["method"] == "key"
-    assert evidence["tool"] == {"python": "cryptography", "cosign": "cosign"}[backend]
+    assert evidence["tool"] == {"python": "cryptography", "cosign": "cosign",
+                                "cosign3": "cosign"}[backend]
+    if backend == "cosign3":
+        assert evidence["tool_version"].startswith("v3.")
     if backend == "cosign":
         recorded = json.loads((FIX / "cosign-version.json").read_text())["gitVersion"]
         assert evidence["tool_version"] == recorded

@@ -18,8 +18,12 @@ FIX = Path(__file__).parent / "fixtures/keyless"
 COSIGN = os.environ.get("KF_COSIGN") or shutil.which("cosign") or str(
     Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/cosign")
 # As in test_artifact_verify.py: the cosign path runs wherever the pinned cosign is built.
+COSIGN3 = os.environ.get("KF_COSIGN3") or shutil.which("cosign3") or str(
+    Path(os.environ.get("KF_CACHE", Path.home() / ".cache/kernelfence")) / "tools/bin/cosign3")
 BACKENDS = ["python", pytest.param("cosign", marks=pytest.mark.skipif(
-    not os.access(COSIGN, os.X_OK), reason=f"cosign not built yet at {COSIGN}"))]
+    not os.access(COSIGN, os.X_OK), reason=f"cosign not built yet at {COSIGN}")),
+    pytest.param("cosign3", marks=pytest.mark.skipif(
+        not os.access(COSIGN3, os.X_OK), reason=f"cosign3 not built yet at {COSIGN3}"))]
 IDENTITY = "release-signer@kernelfence.test"
 ISSUER = "https://issuer.kernelfence.test"
 
@@ -32,7 +36,9 @@ def keyless(bundle, src=FIX / "artifact.bin", **over):
 
 
 def verify(art, backend):
-    return verify_artifact(art, backend, COSIGN if backend == "cosign" else None)
+    if backend == "python":
+        return verify_artifact(art, "python")
+    return verify_artifact(art, "cosign", {"cosign": COSIGN, "cosign3": COSIGN3}[backend])
 
 
 REGEXP = r"^release-[a-z]+@kernelfence\.test$"
@@ -47,7 +53,8 @@ def test_good_bundle_verifies(backend, identity):
     evidence = verify(keyless(FIX / "artifact.sigstore.json", **identity), backend).as_dict()
     assert evidence["method"] == "keyless"
     assert evidence["signer_identity"] == IDENTITY and evidence["issuer"] == ISSUER
-    assert evidence["tool"] == {"python": "sigstore-python", "cosign": "cosign"}[backend]
+    assert evidence["tool"] == {"python": "sigstore-python", "cosign": "cosign",
+                                "cosign3": "cosign"}[backend]
 
 
 def corrupt_signature(tmp_path):

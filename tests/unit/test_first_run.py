@@ -231,7 +231,7 @@ def test_missing_cargo_is_named_with_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(setup, "tool_ready", lambda name: False)
     with pytest.raises(common.HarnessError, match=r"cargo \(Rust >= 1\.88\).*not on PATH.*rustup"):
         setup.check_build_tools(setup.install_tools_commands(["cargo-audit"]))
-    with pytest.raises(common.HarnessError, match=r"Go >= 1\.24.*not on PATH"):
+    with pytest.raises(common.HarnessError, match=r"Go >= 1\.26.*not on PATH"):
         setup.check_build_tools(setup.install_tools_commands(["cosign"]))
 
 

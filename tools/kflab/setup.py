@@ -41,9 +41,12 @@ APT_COMMANDS = {
 GO_TOOLS = {
     "cosign": ("github.com/sigstore/cosign/v2/cmd/cosign", "v2.6.5"),
     "syft": ("github.com/anchore/syft/cmd/syft", "v1.50.0"),
+    # cosign 3 beside cosign 2 (the verifier reads both tools' bundles): installed as
+    # bin/cosign3. v3.1.3 is the newest that Go 1.26 builds (v3.1.4 needs Go 1.27).
+    "cosign3": ("github.com/sigstore/cosign/v3/cmd/cosign", "v3.1.3"),
 }
 CARGO_TOOLS = {"cargo-audit": "0.22.2"}
-MIN_GO = (1, 24)
+MIN_GO = (1, 26)
 MIN_RUST = (1, 88)
 
 TOOLS = CACHE / "tools"
@@ -153,6 +156,14 @@ def _pin_marker(name: str, version: str) -> Path:
     return TOOLS / "pins" / f"{name}@{version}"
 
 
+def _install_staged(name: str) -> None:
+    """Move a built Go tool from its staging directory into bin/ under the tool's name (the
+    command's name may differ: cosign3 is cmd/cosign), in one rename."""
+    command = GO_TOOLS[name][0].rsplit("/", 1)[-1]
+    (TOOLS / "bin").mkdir(parents=True, exist_ok=True)
+    os.replace(TOOLS / "staging" / name / command, TOOLS / "bin" / name)
+
+
 def tool_path(name: str) -> Path:
     """Where a pinned tool is installed (cargo ones under tools/cargo/bin)."""
     return TOOLS / "cargo" / "bin" / name if name in CARGO_TOOLS else TOOLS / "bin" / name
@@ -248,7 +259,7 @@ def ensure_tools(names: list[str] | None = None) -> None:
             if proc.wait(timeout=3600) == 0:
                 name, version = label.split("@")
                 if name in GO_TOOLS:
-                    os.replace(TOOLS / "staging" / name / name, TOOLS / "bin" / name)
+                    _install_staged(name)
                 _pin_marker(name, version).write_text("ok\n")
             else:
                 failed.append(f"{label} (log: {TOOLS / 'logs' / (label + '.log')})")
