@@ -13,9 +13,9 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     service_directives,
     threshold,
+    exec_lines,
     uses_wrapper,
     workload_syscalls,
-    wrapper_argv,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
     oci_profile,
@@ -51,9 +51,11 @@ def _service_directives(record, systemd_version):
 
 
 def _exec_start(record, systemd_version):
-    profile = f"{record['config_dir']}/seccomp.json"
-    prefix = wrapper_argv(profile) if uses_wrapper(int(systemd_version)) else []
-    return " ".join([*prefix, record["command"]])
+    return next(v for k, v in exec_lines(record, int(systemd_version)) if k == "ExecStart")
+
+
+def _exec_start_pre(record, systemd_version):
+    return [v for k, v in exec_lines(record, int(systemd_version)) if k == "ExecStartPre"]
 
 
 def _seccomp_profile(record, syscall_filter_output):
@@ -80,6 +82,7 @@ class FilterModule:
             "component_directories": _directories,
             "service_directives": _service_directives,
             "exec_start": _exec_start,
+            "exec_start_pre": _exec_start_pre,
             "exposure_threshold": _exposure_threshold,
             "seccomp_profile": _seccomp_profile,
         }

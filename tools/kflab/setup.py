@@ -33,6 +33,10 @@ APT_COMMANDS = {
     # Controller only: tests/unit/test_audit_screenshot.py renders the HTML audit report.
     "chromium": "chromium",
 }
+# Modules of the system Python (the targets' interpreter) and their Debian packages:
+# tests/unit compile seccomp profiles with libseccomp's binding, as unit_install does on a target.
+APT_PYTHON_MODULES = {"seccomp": "python3-seccomp"}
+SYSTEM_PYTHON = "/usr/bin/python3"
 # Pinned test tools. cosign 2.6.5 is the newest 2.x and postdates the published advisories
 # against 2.x bundle verification; cargo-audit is the newest release at pinning; syft 1.50.0
 # is the newest whose whole module graph the Go proxy serves here (1.57.0 needs versions
@@ -72,7 +76,10 @@ def tool_env() -> dict[str, str]:
 
 
 def ensure_apt() -> None:
-    missing = sorted({pkg for cmd, pkg in APT_COMMANDS.items() if not shutil.which(cmd)})
+    missing = sorted({pkg for cmd, pkg in APT_COMMANDS.items() if not shutil.which(cmd)}
+                     | {pkg for mod, pkg in APT_PYTHON_MODULES.items()
+                        if subprocess.run([SYSTEM_PYTHON, "-c", f"import {mod}"],
+                                          capture_output=True, check=False).returncode})
     if not missing:
         return
     if os.geteuid() != 0:
