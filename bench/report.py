@@ -67,9 +67,15 @@ def _goal(name: str, measured: float | None, limit: float, how: str) -> dict:
             "met": measured <= limit, "how": how}
 
 
-def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dict | None) -> list:
-    """The issue's five goals, each as measured/limit/met (met None: not measured)."""
+def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dict | None,
+          start_path: dict | None = None) -> list:
+    """The issue's goals, each as measured/limit/met (met None: not measured)."""
     out = []
+    if start_path is not None:
+        over = start_path.get("over_bwrap_ms")
+        out.append(_goal("systemd 252 hardened start path - bubblewrap alone (ms)", over, 10.0,
+                         "medians: ExecStartPre= check + ExecStart= hand-off with --seccomp, "
+                         "vs the same bwrap argv without it, /bin/true"))
     trivial = (table or {}).get("trivial", {})
     act = None
     if {"bare", "hardened", "podman"} <= trivial.keys():
@@ -145,6 +151,23 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {job} | {mode} | {row['n']} | {row['median']:.4f} | "
                              f"{row['iqr']:.4f} | {row['min']:.4f} | {row['max']:.4f} | "
                              f"{_fmt(row['ratio_to_bare'])} |")
+        lines.append("")
+    paths = []
+    if (result.get("start_path_host") or {}).get("median_ms"):
+        paths.append(("this machine, no systemd job", result["start_path_host"]))
+    for key, title in (("workload_native", "nspawn machine, no systemd job"),
+                       ("workload", "TCG VM, no systemd job")):
+        sp = (result.get(key) or {}).get("start_path") or {}
+        if sp.get("median_ms"):
+            paths.append((title, {"date": result[key].get("date", "-"), **sp}))
+    if paths:
+        lines += ["## 1a. Hardened start path on systemd 252 vs bubblewrap alone (ms)", "",
+                  "| where | date | n | bubblewrap alone | hardened start | difference |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for title, sp in paths:
+            lines.append(f"| {title} | {sp.get('date', '-')} | "
+                         f"{len(sp['samples_ms']['bwrap'])} | {sp['median_ms']['bwrap']} | "
+                         f"{sp['median_ms']['hardened_start']} | {sp['over_bwrap_ms']} |")
         lines.append("")
     rollout = result.get("rollout")
     if rollout:

@@ -251,11 +251,17 @@ def main() -> None:
         out["fleet_scale"] = json.loads((RESULTS / "fleet.json").read_text())
     out["fleet_note"] = FLEET_NOTE
     out["fleet"] = report.fleet_walls(out.get("fleet_scale"))
+    host_path = RESULTS / "start_path_host.json"  # bench/workload.py --start-path-only
+    if host_path.exists():
+        out["start_path_host"] = json.loads(host_path.read_text())
     out["goals"] = report.goals(out.get("workload_table"), out.get("rollout"),
-                                out.get("scan", []), out.get("fleet"))
-    if out.get("workload_native_table"):
-        out["goals_native"] = report.goals(out["workload_native_table"], out.get("rollout"),
-                                           out.get("scan", []), out.get("fleet"))
+                                out.get("scan", []), out.get("fleet"),
+                                (out.get("workload") or {}).get("start_path"))
+    if out.get("workload_native_table") or out.get("start_path_host"):
+        out["goals_native"] = report.goals(
+            out.get("workload_native_table"), out.get("rollout"), out.get("scan", []),
+            out.get("fleet"), (out.get("workload_native") or {}).get("start_path")
+            or out.get("start_path_host"))
     previous.write_text(json.dumps(out, indent=1) + "\n")
     (RESULTS / "bench.md").write_text(report.markdown(out))
     if out.get("workload_table"):
