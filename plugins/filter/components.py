@@ -11,9 +11,9 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     normalize_components,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+    exec_lines,
     service_directives,
     threshold,
-    exec_lines,
     uses_wrapper,
     workload_syscalls,
 )

@@ -135,7 +135,8 @@ def compile_bpf(profile: dict) -> tuple[bytes, list[str]]:
 
     Needs libseccomp's Python binding (Debian: python3-seccomp); ImportError without it.
     """
-    import seccomp  # noqa: PLC0415 - only the target needs the binding, and only here
+    # Only the target needs the binding, and only here: imported on use.
+    import seccomp
 
     check_profile(profile)
     filt = seccomp.SyscallFilter(

@@ -223,18 +223,18 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
+    ProfileError,
+    bpf_checksums,
+    check_profile,
+    compile_bpf,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_install import (
     UnitInstallError,
     installed_path,
     read_text,
     stage_units,
     verify_and_score,
-)
-from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
-    ProfileError,
-    bpf_checksums,
-    check_profile,
-    compile_bpf,
 )
 
 

@@ -59,7 +59,7 @@ def seccomp_binding():
     """libseccomp's Python binding: the venv's, else the system Python's (Debian
     python3-seccomp, the package unit_install uses on a target; ./kf test installs it)."""
     try:
-        import seccomp  # noqa: F401, PLC0415
+        import seccomp  # noqa: F401
 
         return sys.modules["seccomp"]
     except ImportError:
