@@ -425,8 +425,12 @@ def main():
             diffs.append({"before_header": target, "after_header": target,
                           "before": before, "after": after})
     removals = [path for path in p["remove"] if os.path.lexists(path)]
+    # A rolled-back unit may start the removed file again (the launcher of the previous
+    # version): each service changed in this run gets it back with its own files.
+    owners = [(u, component_of.get(u)) for u in changed_units if u.endswith(".service")]
     for path in removals:
-        previous.append(_previous(path, None, None))
+        for unit, component in owners or [(None, None)]:
+            previous.append(_previous(path, unit, component))
         diffs.append({"before_header": path, "after_header": path,
                       "before": read_text(path) or "", "after": ""})
 
