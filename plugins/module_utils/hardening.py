@@ -147,9 +147,10 @@ def wrapper_argv(seccomp_bpf: str | None = None) -> list[str]:
 
 
 def unit_word(arg: str) -> str:
-    """One argument as an ExecStart= word: quoted when it has blanks or quotes, '$' doubled
-    (systemd expands $NAME and ${NAME} in command lines; "$$" is a literal '$')."""
-    word = arg.replace("$", "$$")
+    """One argument as an ExecStart= word: quoted when it has blanks or quotes, '$' and '%'
+    doubled (systemd expands $NAME, ${NAME} and %-specifiers in command lines; "$$" and "%%"
+    are the literal characters)."""
+    word = arg.replace("$", "$$").replace("%", "%%")
     if any(c in word for c in " \t'\"\\;"):
         if "'" in word:
             raise ValueError(f"cannot quote {arg!r} for an ExecStart= line")

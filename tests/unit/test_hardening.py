@@ -12,6 +12,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening im
     exec_lines,
     service_directives,
     threshold,
+    unit_word,
     wrapper_argv,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
@@ -81,6 +82,13 @@ def test_252_checks_the_compiled_program_then_hands_it_to_bubblewrap_without_pyt
     assert start.endswith(" --cap-drop ALL --seccomp 3 -- " + rec["command"])
     assert "python" not in start.split(" -- ")[0] and "kf-launch" not in start
     assert " ".join(wrapper_argv()) in start.replace("--seccomp 3 ", "")
+
+
+def test_wrapper_words_survive_systemds_expansion():
+    assert unit_word("/etc/kernelfence/a%b/seccomp.bpf") == "/etc/kernelfence/a%%b/seccomp.bpf"
+    assert unit_word('exec "$@" 3<"$0"') == "'exec \"$$@\" 3<\"$$0\"'"
+    with pytest.raises(ValueError, match="cannot quote"):
+        unit_word("it's")
 
 
 def test_257_starts_the_command_itself(records):
