@@ -81,9 +81,15 @@ def _goal(name: str, measured: float | None, limit: float, how: str) -> dict:
             "met": measured <= limit, "how": how}
 
 
-def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dict | None) -> list:
-    """The issue's five goals, each as measured/limit/met (met None: not measured)."""
+def goals(table: dict | None, rollout: dict | None, scan: list[dict], fleet: dict | None,
+          start_path: dict | None = None) -> list:
+    """The issue's goals, each as measured/limit/met (met None: not measured)."""
     out = []
+    if start_path is not None:
+        over = start_path.get("over_bwrap_ms")
+        out.append(_goal("systemd 252 hardened start path - bubblewrap alone (ms)", over, 10.0,
+                         "medians: ExecStartPre= check + ExecStart= hand-off with --seccomp, "
+                         "vs the same bwrap argv without it, /bin/true"))
     trivial = (table or {}).get("trivial", {})
     act = None
     if {"bare", "hardened", "podman"} <= trivial.keys():
@@ -153,8 +159,8 @@ def runs(result: dict) -> list[tuple[str, str, str]]:
     if native:
         out.append(("workload, in a systemd-nspawn machine (no emulation)",
                     _day(native.get("date")),
-                    f"kernel {native['kernel']}, systemd {native['systemd']}, "
-                    f"{native['cpus']} CPUs"))
+                    f"kernel {native.get('kernel', '?')}, systemd {native.get('systemd', '?')}, "
+                    f"{native.get('cpus', '?')} CPUs"))
     scale = result.get("fleet_scale")
     if scale:
         out.append(("fleet scaling", _day(scale.get("date")), scale["machine"]))
@@ -212,6 +218,23 @@ def markdown(result: dict, chart_name: str | None = None) -> str:
         lines.append("")
         if key == "workload_table" and chart_name:
             lines += [f"![median start-to-exit per mode, as a ratio to bare]({chart_name})", ""]
+    paths = []
+    if (result.get("start_path_host") or {}).get("median_ms"):
+        paths.append(("this machine, no systemd job", result["start_path_host"]))
+    for key, title in (("workload_native", "nspawn machine, no systemd job"),
+                       ("workload", "TCG VM, no systemd job")):
+        sp = (result.get(key) or {}).get("start_path") or {}
+        if sp.get("median_ms"):
+            paths.append((title, {"date": result[key].get("date", "-"), **sp}))
+    if paths:
+        lines += ["## Hardened start path on systemd 252 vs bubblewrap alone (ms)", "",
+                  "| where | date | n | bubblewrap alone | hardened start | difference |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for title, sp in paths:
+            lines.append(f"| {title} | {sp.get('date', '-')} | "
+                         f"{len(sp['samples_ms']['bwrap'])} | {sp['median_ms']['bwrap']} | "
+                         f"{sp['median_ms']['hardened_start']} | {sp['over_bwrap_ms']} |")
+        lines.append("")
     rollout = result.get("rollout")
     if rollout:
         lines += ["## Rollout (site.yml on one VM)", "",
@@ -313,11 +336,16 @@ def complete(result: dict, results_dir: Path = RESULTS) -> dict:
         out["fleet_scale"] = json.loads((results_dir / "fleet.json").read_text())
     out["fleet_note"] = FLEET_NOTE
     out["fleet"] = fleet_walls(out.get("fleet_scale"))
+    host_path = results_dir / "start_path_host.json"  # bench/workload.py --start-path-only
+    if host_path.exists():
+        out["start_path_host"] = json.loads(host_path.read_text())
     out["goals"] = goals(out.get("workload_table"), out.get("rollout"), out.get("scan", []),
-                         out.get("fleet"))
-    if out.get("workload_native_table"):
-        out["goals_native"] = goals(out["workload_native_table"], out.get("rollout"),
-                                    out.get("scan", []), out.get("fleet"))
+                         out.get("fleet"), (out.get("workload") or {}).get("start_path"))
+    if out.get("workload_native_table") or out.get("start_path_host"):
+        out["goals_native"] = goals(
+            out.get("workload_native_table"), out.get("rollout"), out.get("scan", []),
+            out.get("fleet"), (out.get("workload_native") or {}).get("start_path")
+            or out.get("start_path_host"))
     return out
 
 

@@ -16,6 +16,11 @@ in each confinement:
 - podman: `podman run --rm` with runc, of an image imported from the guest's Debian rootfs,
   with equivalent confinement (no network, read-only, no capabilities, no new privileges,
   the executor's uid); only if podman is installed.
+On systemd < 257 the unit's own start path is also timed without systemd's job (`start_path`):
+its ExecStartPre= check of the compiled seccomp program and its ExecStart= hand-off to
+bubblewrap (--seccomp), /bin/true as the command, against the same bubblewrap argv alone.
+`--start-path-only UNIT` times only that, for a unit file rendered elsewhere (a host whose PID 1
+is not systemd).
 Every run's result is checked (exit status, and for cargo audit the JSON report's vulnerability
 count must be the same in every mode), so a mode that failed to run the job cannot look fast.
 """
@@ -27,14 +32,18 @@ import json
 import os
 import platform
 import pwd
+import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attack_plan import sibling_unit
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Beside it in the guest; from the checkout, where the collection keeps it.
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "plugins", "module_utils")]
+from attack_plan import sibling_unit  # noqa: E402
 
 CARGO_AUDIT = "/opt/kernelfence/bin/executor/cargo-audit/current/cargo-audit"
 WORKSPACE = "/srv/kernelfence/executor"
@@ -176,14 +185,97 @@ def run_unit(job: str) -> dict:
                        - mono["ExecMainStartTimestampMonotonic"]) / 1e6}
 
 
+def start_lines(merged: str) -> list[tuple[str, str]]:
+    """A unit's ExecStartPre= lines and its last ExecStart= line ([Service], drop-ins merged)."""
+    pre, start = [], None
+    for line in merged.splitlines():
+        key, _, value = line.partition("=")
+        if key == "ExecStartPre" and value.strip():
+            pre.append(("ExecStartPre", value.strip()))
+        elif key == "ExecStart" and value.strip():
+            start = ("ExecStart", value.strip())
+    return [*pre, start] if start else pre
+
+
+def systemd_argv(value: str) -> list[str]:
+    """An Exec*= value as systemd splits it (quotes; "$$" is a literal "$")."""
+    return [word.replace("$$", "$") for word in shlex.split(value)]
+
+
+def start_path(merged: str, command: str, user: str, runs: int) -> dict:
+    """systemd 252's hardened start path against bubblewrap alone, without systemd's job:
+    the unit's ExecStartPre= commands (the check of the compiled seccomp program) then its
+    ExecStart= (the hand-off to bubblewrap with --seccomp), the component's command replaced
+    by /bin/true, against the same bubblewrap argv without --seccomp; both as the component's
+    user, interleaved, medians in milliseconds."""
+    lines = start_lines(merged)
+    pre = [systemd_argv(v) for k, v in lines if k == "ExecStartPre"]
+    start = systemd_argv(lines[-1][1])
+    words = systemd_argv(command)
+    if start[-len(words):] != words or "/usr/bin/bwrap" not in start:
+        return {"skipped": "the unit's ExecStart= is not bubblewrap around the command "
+                           "(systemd 257 and later start the command itself)"}
+    start = [*start[:-len(words)], "/bin/true"]
+    bwrap = start[start.index("/usr/bin/bwrap"):]
+    if "--seccomp" in bwrap:
+        cut = bwrap.index("--seccomp")
+        del bwrap[cut:cut + 2]
+    entry = pwd.getpwnam(user)
+    ident = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def run(argv: list[str]) -> None:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL, env=ENV, **ident)
+        if proc.returncode:
+            raise RuntimeError(f"{argv[0]} exited {proc.returncode}: {proc.stderr[-400:]}")
+
+    def hardened() -> None:
+        for argv in pre:  # systemd runs ExecStartPre= first; a failure stops the start
+            run(argv)
+        run(start)
+
+    modes = {"bwrap": lambda: run(bwrap), "hardened_start": hardened}
+    samples: dict[str, list[float]] = {m: [] for m in modes}
+    for mode in modes:  # warm-up
+        modes[mode]()
+    names = list(modes)
+    for r in range(runs):
+        for mode in names[r % 2:] + names[:r % 2]:
+            began = time.perf_counter()
+            modes[mode]()
+            samples[mode].append(round((time.perf_counter() - began) * 1000, 3))
+    medians = {m: round(statistics.median(v), 3) for m, v in samples.items()}
+    return {"samples_ms": samples, "median_ms": medians,
+            "over_bwrap_ms": round(medians["hardened_start"] - medians["bwrap"], 3),
+            "as_user": user, "exec_start_pre": [" ".join(a) for a in pre],
+            "exec_start": " ".join(start), "bwrap": " ".join(bwrap),
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--runs-trivial", type=int, default=15)
     parser.add_argument("--runs-audit", type=int, default=7)
+    parser.add_argument("--start-path-only", type=Path, metavar="UNIT",
+                        help="only time the start path of this unit file (with its compiled "
+                        "seccomp program installed) against bubblewrap alone, e.g. on a host "
+                        "without systemd as PID 1")
+    parser.add_argument("--command", default=RECORD["command"],
+                        help="the component's command at the end of UNIT's ExecStart=")
+    parser.add_argument("--user", default=RECORD["user"], help="run as this user")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root inside the VM")
+    if args.start_path_only:
+        result = start_path(args.start_path_only.read_text(), args.command, args.user,
+                            args.runs_trivial)
+        result.update({"date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
+                       "kernel": platform.release(), "cpus": os.cpu_count(),
+                       "bwrap_version": sh(["bwrap", "--version"]).stdout.strip()})
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result["median_ms"]))
+        return
     calibrate_cpu_job()
     install_units()
     try:
@@ -224,6 +316,8 @@ def main() -> None:
                         continue
                     samples[job][mode].append({k: round(v, 4) for k, v in res.items()
                                                if k in ("s", "activation_s", "main_s")})
+        merged = sh(["systemctl", "cat", "kf-executor.service"]).stdout
+        start = start_path(merged, RECORD["command"], RECORD["user"], args.runs_trivial)
         load = Path("/proc/loadavg").read_text().split()[:3]
         result = {
             "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
@@ -235,7 +329,7 @@ def main() -> None:
             "podman_missing": podman_missing, "guest_loadavg_end": load,
             "argv": JOBS, "samples": samples,
             "results_seen": {j: {m: sorted(v) for m, v in c.items()} for j, c in checks.items()},
-            "errors": errors[:20],
+            "errors": errors[:20], "start_path": start,
         }
     finally:
         remove_units()

@@ -24,11 +24,11 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     directive_reasons,
+    exec_lines,
     service_directives,
     threshold,
     uses_wrapper,
     workload_syscalls,
-    wrapper_argv,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
     storage_mounts,
@@ -109,9 +109,11 @@ def _service_directives(record, systemd_version):
 
 
 def _exec_start(record, systemd_version):
-    profile = f"{record['config_dir']}/seccomp.json"
-    prefix = wrapper_argv(profile) if uses_wrapper(int(systemd_version)) else []
-    return " ".join([*prefix, record["command"]])
+    return next(v for k, v in exec_lines(record, int(systemd_version)) if k == "ExecStart")
+
+
+def _exec_start_pre(record, systemd_version):
+    return [v for k, v in exec_lines(record, int(systemd_version)) if k == "ExecStartPre"]
 
 
 def _seccomp_profile(record, syscall_filter_output):
@@ -146,6 +148,7 @@ class FilterModule:
             "service_directives": _service_directives,
             "component_storage_mounts": _storage_mounts,
             "exec_start": _exec_start,
+            "exec_start_pre": _exec_start_pre,
             "exposure_threshold": _exposure_threshold,
             "seccomp_profile": _seccomp_profile,
             "identity_requirements": identity_requirements,

@@ -292,6 +292,13 @@ DROP_SERVICE_KEYS = ("Type", "ExecStart", "ExecStartPre", "ExecStartPost", "Exec
                      "TimeoutStartSec", "RemainAfterExit", "NotifyAccess")
 
 
+def _seccomp_check(key: str, value: str) -> bool:
+    """kernelfence's check of the compiled seccomp program before each start (systemd < 257):
+    part of the confinement, so a sibling keeps it."""
+    return (key == "ExecStartPre" and value.startswith("/usr/bin/sha256sum --check ")
+            and value.endswith(".bpf.sha256"))
+
+
 def sibling_unit(merged: str, record: dict, probe_argv: list[str], result_file: str) -> str:
     """The attacked unit's own text (`systemctl cat`: file and drop-ins) made into a oneshot run
     of the probe: every sandboxing, identity and resource directive stays as it is; only the
@@ -323,7 +330,8 @@ def sibling_unit(merged: str, record: dict, probe_argv: list[str], result_file: 
                 continue
             if section == "[Unit]" and key == "Description":
                 continue
-            if section == "[Service]" and key in DROP_SERVICE_KEYS:
+            if section == "[Service]" and key in DROP_SERVICE_KEYS and not _seccomp_check(
+                    key, value):
                 continue
             kept.append(line)
         if section == "[Unit]":

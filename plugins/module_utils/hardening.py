@@ -114,16 +114,35 @@ def uses_wrapper(systemd_version: int) -> bool:
     return systemd_version < NATIVE_PID_NAMESPACE
 
 
-LAUNCHER = ["/usr/bin/python3", "-I", "/usr/libexec/kernelfence/kf-launch.py"]
+SHELL = "/bin/sh"
+SHA256SUM = "/usr/bin/sha256sum"
+# The descriptor bubblewrap reads the compiled program from. bubblewrap 0.8 closes the
+# --seccomp descriptor after reading it and never reopens it: handed over as standard input
+# (StandardInput=file:), the workload would start with descriptor 0 closed, and its first
+# open() would become its standard input. Descriptor 3 keeps the workload's standard input
+# systemd's /dev/null.
+SECCOMP_FD = 3
+# A fixed POSIX sh line that only opens the program and execs: the program's path is $0 and
+# bubblewrap's argv is "$@", passed as arguments, so nothing is re-quoted and no component
+# field reaches the script. A missing program stops here, the shell naming the file.
+SECCOMP_HANDOFF = 'exec "$@" 3<"$0"'
 
 
-def wrapper_argv(seccomp_profile: str | None = None) -> list[str]:
-    """The launcher and bubblewrap arguments giving the workload its own PID namespace.
+def seccomp_files(config_dir: str) -> dict[str, str]:
+    """Where a component's seccomp profile, its compiled program (systemd < 257) and the
+    checksum file of both live."""
+    return {"profile": f"{config_dir}/seccomp.json", "bpf": f"{config_dir}/seccomp.bpf",
+            "checksums": f"{config_dir}/seccomp.bpf.sha256"}
+
+
+def wrapper_argv(seccomp_bpf: str | None = None) -> list[str]:
+    """The bubblewrap argv giving the workload its own PID namespace, with the hand-off of
+    the compiled seccomp program in front when one is given.
 
     The host root stays as systemd's sandbox made it (read-only where it is read-only); bwrap
     adds the namespaces, dies with its parent and forbids the workload further user namespaces.
-    The launcher compiles the component's OCI seccomp profile with libseccomp and hands it to
-    bwrap (--seccomp FD), which loads it just before it execs the workload.
+    The program (compiled at deploy time, unit_install's bpf_dest) is opened as descriptor 3 and
+    bwrap loads it (--seccomp 3) just before it execs the workload.
     """
     # --proc /proc: a procfs of the new PID namespace. Without it the workload kept the host's
     # /proc, where ProtectProc=invisible hides other users' processes but not its own user's
@@ -135,8 +154,38 @@ def wrapper_argv(seccomp_profile: str | None = None) -> list[str]:
     argv = [BWRAP, "--bind", "/", "/", "--dev-bind", "/dev", "/dev",
             "--unshare-user", "--unshare-pid", "--proc", "/proc",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    launcher = [*LAUNCHER, seccomp_profile, "--"] if seccomp_profile else []
-    return [*launcher, *argv, "--"]
+    if seccomp_bpf:
+        return [SHELL, "-c", SECCOMP_HANDOFF, seccomp_bpf, *argv,
+                "--seccomp", str(SECCOMP_FD), "--"]
+    return [*argv, "--"]
+
+
+def unit_word(arg: str) -> str:
+    """One argument as an ExecStart= word: quoted when it has blanks or quotes, '$' and '%'
+    doubled (systemd expands $NAME, ${NAME} and %-specifiers in command lines; "$$" and "%%"
+    are the literal characters)."""
+    word = arg.replace("$", "$$").replace("%", "%%")
+    if any(c in word for c in " \t'\"\\;"):
+        if "'" in word:
+            raise ValueError(f"cannot quote {arg!r} for an ExecStart= line")
+        word = f"'{word}'"
+    return word
+
+
+def exec_lines(record: dict, systemd_version: int) -> list[tuple[str, str]]:
+    """The ExecStartPre=/ExecStart= lines of a component's service.
+
+    systemd >= 257: the command itself (PrivatePIDs=). Older systemd: first the checksum file
+    is checked (a C binary; it names a missing or changed program or profile, and the start
+    stops there), then the program is handed to bubblewrap, which runs the command.
+    """
+    if not uses_wrapper(systemd_version):
+        return [("ExecStart", record["command"])]
+    files = seccomp_files(record["config_dir"])
+    check = [SHA256SUM, "--check", "--quiet", "--strict", files["checksums"]]
+    start = wrapper_argv(files["bpf"])
+    return [("ExecStartPre", " ".join(unit_word(a) for a in check)),
+            ("ExecStart", " ".join([*(unit_word(a) for a in start), record["command"]]))]
 
 
 def workload_syscalls(record: dict) -> tuple[list[str], list[str], list[str]]:

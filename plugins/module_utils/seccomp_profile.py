@@ -10,6 +10,8 @@ applies on that host: the allow list minus the deny list, everything else failin
 from __future__ import annotations
 
 import errno
+import hashlib
+import os
 
 
 def parse_syscall_groups(text: str) -> dict[str, list[str]]:
@@ -74,3 +76,96 @@ def oci_profile(allow: list[str], deny: list[str], groups: dict[str, list[str]],
         "architectures": ["SCMP_ARCH_X86_64"],
         "syscalls": rules,
     }
+
+
+# The compiled program (systemd < 257): libseccomp turns the profile into the BPF program that
+# bubblewrap loads with --seccomp FD just before it execs the workload. It is compiled at deploy
+# time on the target (its libseccomp, its architecture) and stored beside the profile with a
+# checksum file that the unit checks before every start (sha256sum --check), so a start costs
+# no interpreter and a missing or changed program or profile stops the service.
+ACTIONS = ("SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO")
+COMPARISONS = ("SCMP_CMP_MASKED_EQ",)
+
+
+class ProfileError(ValueError):
+    """A profile the compiler does not accept; the text names the field and the fix."""
+
+
+def check_profile(profile: object) -> None:
+    """Raise ProfileError unless the profile is one the BPF compiler turns into a program
+    (errno default action; allow and errno rules; masked-equal argument comparisons)."""
+    if not isinstance(profile, dict):
+        raise ProfileError("the profile is not a JSON object")
+    if profile.get("defaultAction") != "SCMP_ACT_ERRNO":
+        raise ProfileError(f"defaultAction {profile.get('defaultAction')!r}: only "
+                           "SCMP_ACT_ERRNO is supported")
+    errno_ret = profile.get("defaultErrnoRet", errno.EPERM)
+    if not isinstance(errno_ret, int) or isinstance(errno_ret, bool) or not 0 < errno_ret < 4096:
+        raise ProfileError(f"defaultErrnoRet {errno_ret!r}: an errno number 1-4095")
+    rules = profile.get("syscalls")
+    if not isinstance(rules, list):
+        raise ProfileError("syscalls: a list of rules is required")
+    for i, rule in enumerate(rules):
+        where = f"syscalls[{i}]"
+        if not isinstance(rule, dict):
+            raise ProfileError(f"{where}: a rule is an object")
+        if rule.get("action") not in ACTIONS:
+            raise ProfileError(f"{where}.action {rule.get('action')!r}: one of "
+                               f"{', '.join(ACTIONS)}")
+        names = rule.get("names")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ProfileError(f"{where}.names: a list of syscall names")
+        ret = rule.get("errnoRet", errno.EPERM)
+        if not isinstance(ret, int) or isinstance(ret, bool) or not 0 < ret < 4096:
+            raise ProfileError(f"{where}.errnoRet {ret!r}: an errno number 1-4095")
+        for j, arg in enumerate(rule.get("args") or []):
+            if not isinstance(arg, dict) or arg.get("op") not in COMPARISONS:
+                op = arg.get("op") if isinstance(arg, dict) else arg
+                raise ProfileError(f"{where}.args[{j}].op {op!r}: only "
+                                   f"{', '.join(COMPARISONS)} is supported")
+            for key in ("index", "value", "valueTwo"):
+                value = arg.get(key, 0)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ProfileError(f"{where}.args[{j}].{key} {value!r}: a number >= 0")
+
+
+def compile_bpf(profile: dict) -> tuple[bytes, list[str]]:
+    """The profile's BPF program as bubblewrap's --seccomp reads it, and the names this
+    libseccomp does not know on this architecture (skipped, as systemd skips them).
+
+    Needs libseccomp's Python binding (Debian: python3-seccomp); ImportError without it.
+    """
+    # Only the target needs the binding, and only here: imported on use.
+    import seccomp
+
+    check_profile(profile)
+    filt = seccomp.SyscallFilter(
+        defaction=seccomp.ERRNO(profile.get("defaultErrnoRet", errno.EPERM)))
+    unknown: set[str] = set()
+    for rule in profile["syscalls"]:
+        if rule["action"] == "SCMP_ACT_ALLOW":
+            action = seccomp.ALLOW
+        else:
+            action = seccomp.ERRNO(rule.get("errnoRet", errno.EPERM))
+        args = [seccomp.Arg(arg["index"], seccomp.MASKED_EQ, arg["value"], arg.get("valueTwo", 0))
+                for arg in rule.get("args") or []]
+        for name in rule["names"]:
+            try:
+                filt.add_rule(action, name, *args)
+            except (RuntimeError, ValueError):
+                unknown.add(name)
+    fd = os.memfd_create("kf-seccomp", os.MFD_CLOEXEC)
+    with os.fdopen(fd, "w+b") as out:
+        filt.export_bpf(out)
+        out.seek(0)
+        program = out.read()
+    if not program or len(program) % 8:
+        raise ProfileError(f"libseccomp exported {len(program)} bytes, not a BPF program")
+    return program, sorted(unknown)
+
+
+def bpf_checksums(bpf_path: str, program: bytes, profile_path: str, profile_text: str) -> str:
+    """The checksum file the unit verifies before each start (`sha256sum --check`): the
+    program, and the profile it was compiled from."""
+    return (f"{hashlib.sha256(program).hexdigest()}  {bpf_path}\n"
+            f"{hashlib.sha256(profile_text.encode()).hexdigest()}  {profile_path}\n")

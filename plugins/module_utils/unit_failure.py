@@ -53,6 +53,9 @@ SECCOMP_ACTIONS = {0x8000: "killed the process", 0x0000: "killed the thread", 0x
                    0x0005: "refused with an errno", 0x7fc0: "notified", 0x7ff0: "traced",
                    0x7ffc: "logged", 0x7fff: "allowed"}
 
+# sha256sum's words when the check of the compiled seccomp program (ExecStartPre=, systemd
+# < 257) fails: the program or its profile is missing or no longer what was deployed.
+SECCOMP_CHECK_RE = re.compile(r"^(/\S+/seccomp\.(?:bpf|json)): FAILED(?: open or read)?$")
 MAIN_EXIT_RE = re.compile(r"Main process exited, code=(\w+), status=(\d+)(?:/(\w+))?")
 STEP_RE = re.compile(r"Failed at step (\w+) spawning (\S+): (.+)")
 PATH_RE = re.compile(r"(/[^\s:'\"]+)")
@@ -281,6 +284,17 @@ def explain(unit: str, show: dict[str, str], entries: list[dict], unit_text: str
         causes.append(f"systemd: {setup[0]}")
     if code in SYSTEMD_EXIT and not fix:
         fix = f"{SYSTEMD_EXIT[code][1]} ({where})"
+    checked = [line for line in workload if SECCOMP_CHECK_RE.match(line)]
+    if checked:
+        # The start stopped before the workload: what sha256sum printed is not its output.
+        workload = [line for line in workload if line not in checked
+                    and not line.startswith("sha256sum: ")]
+        causes.append("the check of its compiled seccomp program before the start failed: "
+                      + "; ".join(dict.fromkeys(checked)))
+        files = ", ".join(dict.fromkeys(SECCOMP_CHECK_RE.match(c).group(1) for c in checked))
+        fix = fix or (f"{files} is missing or not what was deployed: run the play again "
+                      f"(component_unit compiles and installs the program and its checksums "
+                      f"for {where}); if it changes again, find what writes there")
     if workload and not setup:
         last = workload[-1]
         causes.append(f"its last output: {last!r}")

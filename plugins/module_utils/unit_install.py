@@ -211,14 +211,19 @@ class ApplyFailed(Exception):
         self.written = written
 
 
-def write_file(path: str, content: str, mode: int, uid: int, gid: int) -> None:
-    """Write atomically (temp file in the same directory, then rename)."""
+def write_file(path: str, content: str | bytes, mode: int, uid: int, gid: int) -> None:
+    """Write atomically (temp file in the same directory, then rename); bytes as they are
+    (the compiled seccomp program), text as UTF-8."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".kf-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
+        if isinstance(content, bytes):
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
         os.chown(tmp, uid, gid)
         os.chmod(tmp, mode)
         os.rename(tmp, path)
@@ -251,18 +256,19 @@ def clear_units(pending_dir: str, names: list[str]) -> None:
             os.unlink(os.path.join(pending_dir, name))
 
 
-def write_and_reload(writes: list[tuple[str, str, int, int, int]], units: list[str],
-                     pending_dir: str, run: Runner) -> None:
-    """Write every file, then daemon-reload; also reload when an earlier run owes one.
+def write_and_reload(writes: list[tuple[str, str | bytes, int, int, int]], units: list[str],
+                     pending_dir: str, run: Runner, removals: list[str] | tuple = ()) -> None:
+    """Write every file and remove every file of `removals`, then daemon-reload; also reload
+    when an earlier run owes one.
 
     The markers are written before the first file and the reload marker is removed only after
     a successful reload, so a failure anywhere in between is retried by the next run.
     Raises ApplyFailed naming what failed and the paths already written.
     """
     owed, _units = pending(pending_dir)
-    if not writes and not owed:
+    if not writes and not removals and not owed:
         return
-    if writes:
+    if writes or removals:
         _mark(pending_dir, [*units, RELOAD_MARKER])
     written: list[str] = []
     for path, content, mode, uid, gid in writes:
@@ -270,6 +276,14 @@ def write_and_reload(writes: list[tuple[str, str, int, int, int]], units: list[s
             write_file(path, content, mode, uid, gid)
         except OSError as exc:
             raise ApplyFailed(f"cannot write {path}: {exc}", written) from exc
+        written.append(path)
+    for path in removals:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise ApplyFailed(f"cannot remove {path}: {exc}", written) from exc
         written.append(path)
     rc, _out, err = run(["systemctl", "daemon-reload"])
     if rc != 0:

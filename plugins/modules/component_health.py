@@ -72,7 +72,8 @@ options:
     type: float
   previous:
     description: Files as they were before this run (M(kernelfence.isolation.unit_install)'s
-      C(previous)), optionally with C(link) entries for binary C(current) symlinks.
+      C(previous)), optionally with C(link) entries for binary C(current) symlinks; an entry
+      with C(content_base64) (a compiled seccomp program) is written back as those bytes.
     type: list
     elements: dict
     default: []
@@ -136,6 +137,7 @@ after_rollback:
   type: dict
 """
 
+import base64
 import json
 import os
 import socket
@@ -309,8 +311,12 @@ def _restore_file(entry: dict) -> None:
             os.unlink(path)
         return
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".kf-rollback-")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(entry["content"])
+    if entry.get("content_base64") is not None:  # a compiled seccomp program (unit_install)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base64.b64decode(entry["content_base64"]))
+    else:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(entry["content"])
     os.chown(tmp, int(entry.get("uid", 0)), int(entry.get("gid", 0)))
     os.chmod(tmp, int(str(entry.get("mode", "0o644")), 8))
     os.rename(tmp, path)

@@ -91,6 +91,27 @@ options:
       unit:
         description: Unit to restart when this file changes.
         type: str
+      bpf_dest:
+        description:
+          - O(files[].content) is an OCI seccomp profile (JSON); compile it with this host's
+            libseccomp (its Python binding, Debian C(python3-seccomp)) into the BPF program
+            bubblewrap loads with C(--seccomp FD), and install it at this path with the same
+            owner, group and mode.
+          - Beside it, C(<bpf_dest>.sha256) lists the SHA-256 of the program and of the
+            profile for C(sha256sum --check), which the unit runs before each start.
+          - The program is compiled again from the profile on every run and rewritten when its
+            bytes differ, so a stale or altered program never survives a run.
+          - In check mode on a host without the binding yet, the profile's form is checked and
+            the program is reported as to be written.
+        type: path
+  remove:
+    description:
+      - Files this collection installed earlier and no longer uses (for example the seccomp
+        launcher C(/usr/libexec/kernelfence/kf-launch.py) of the systemd 252 path), removed
+        after every unit passed. An absent file is no change.
+    type: list
+    elements: path
+    default: []
   unit_dir:
     description: Directory units and drop-in directories are installed into.
     type: path
@@ -128,6 +149,18 @@ EXAMPLES = r"""
          component: executor}
   register: units
   notify: Restart changed units
+
+- name: A service on systemd 252 with its seccomp profile compiled to BPF at deploy time
+  kernelfence.isolation.unit_install:
+    units:
+      - {name: kf-executor.service, content: "{{ service_text }}", component: executor}
+    files:
+      - dest: /etc/kernelfence/executor/seccomp.json
+        content: "{{ profile | to_nice_json }}"
+        bpf_dest: /etc/kernelfence/executor/seccomp.bpf
+        group: kf-executor
+        mode: "0640"
+        unit: kf-executor.service
 
 - name: Harden a unit the host already has with a drop-in
   kernelfence.isolation.unit_install:
@@ -174,6 +207,24 @@ written:
   returned: when a write or the daemon-reload fails
   type: list
   elements: str
+seccomp_programs:
+  description:
+    - Per O(files[].bpf_dest), the compiled program as it is installed (or would be, in check
+      mode), C(sha256) and C(bytes) null when check mode could not compile it here.
+  returned: always
+  type: dict
+  sample:
+    /etc/kernelfence/executor/seccomp.bpf:
+      profile: /etc/kernelfence/executor/seccomp.json
+      sha256: c6fd6a19141b8b6b67e4442cdb833a2f670804ddc7c38fce80d5a21490b46058
+      bytes: 2280
+      unknown_syscalls: [riscv_hwprobe, uretprobe]
+      checksums: /etc/kernelfence/executor/seccomp.bpf.sha256
+removed:
+  description: Files of O(remove) this run removed (or would remove).
+  returned: always
+  type: list
+  elements: str
 installed_at:
   description: Host time (seconds since the epoch) just before the first write; journal lines
     from then on belong to this run.
@@ -181,7 +232,10 @@ installed_at:
   type: float
 """
 
+import base64
 import grp
+import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -189,6 +243,12 @@ import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kernelfence.isolation.plugins.module_utils.seccomp_profile import (
+    ProfileError,
+    bpf_checksums,
+    check_profile,
+    compile_bpf,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_install import (
     PENDING_DIR,
     ApplyFailed,
@@ -203,20 +263,63 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.unit_install
 )
 
 
-def _needs_write(path: str, content: str, mode: int, uid: int, gid: int) -> bool:
-    if read_text(path) != content:
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _needs_write(path: str, content: str | bytes, mode: int, uid: int, gid: int) -> bool:
+    current = _read_bytes(path) if isinstance(content, bytes) else read_text(path)
+    if current != content:
         return True
     st = os.stat(path)
     return (st.st_mode & 0o7777) != mode or st.st_uid != uid or st.st_gid != gid
 
 
-def _previous(path: str, unit: str | None, component: str | None) -> dict:
-    """The file as it is now, to restore it if the new version fails its health check."""
+def _previous(path: str, unit: str | None, component: str | None, binary: bool = False) -> dict:
+    """The file as it is now, to restore it if the new version fails its health check
+    (a binary file, the compiled seccomp program, as content_base64)."""
     if not os.path.exists(path):
         return {"path": path, "content": None, "unit": unit, "component": component}
     st = os.stat(path)
-    return {"path": path, "content": read_text(path), "mode": oct(st.st_mode & 0o7777),
-            "uid": st.st_uid, "gid": st.st_gid, "unit": unit, "component": component}
+    entry = {"path": path, "mode": oct(st.st_mode & 0o7777), "uid": st.st_uid,
+             "gid": st.st_gid, "unit": unit, "component": component}
+    if binary:
+        return {**entry, "content": "",
+                "content_base64": base64.b64encode(_read_bytes(path) or b"").decode()}
+    return {**entry, "content": read_text(path)}
+
+
+def _describe_program(data: bytes | None) -> str:
+    if data is None:
+        return ""
+    return f"BPF program, {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}\n"
+
+
+def _seccomp_program(module: AnsibleModule, item: dict) -> tuple[bytes | None, list[str]]:
+    """Compile a profile for its bpf_dest; fail, naming the file and the fix, on a bad one."""
+    where = f"{item['dest']} (unit {item.get('unit') or '-'})"
+    try:
+        profile = json.loads(item["content"])
+        check_profile(profile)
+    except (ValueError, ProfileError) as exc:
+        module.fail_json(msg=f"{where}: not a seccomp profile the BPF compiler accepts: {exc}. "
+                             "Fix: render the profile with kernelfence.isolation.seccomp_profile")
+    try:
+        return compile_bpf(profile)
+    except ImportError:
+        if module.check_mode:
+            return None, []  # the package is installed by the run itself (component_unit)
+        module.fail_json(msg=f"{where}: libseccomp's Python binding is not importable by this "
+                             f"host's Python, so {item['bpf_dest']} cannot be compiled. Fix: "
+                             "install python3-seccomp (the component_unit role does on "
+                             "systemd < 257)")
+    except (RuntimeError, ValueError, OSError) as exc:
+        module.fail_json(msg=f"{where}: libseccomp could not compile {item['bpf_dest']}: {exc}")
+    return None, []
 
 
 def _systemctl(module: AnsibleModule, *args: str) -> tuple[int, str, str]:
@@ -241,7 +344,9 @@ def main():
                 "owner": {"type": "str", "default": "root"},
                 "group": {"type": "str", "default": "root"},
                 "unit": {"type": "str"},
+                "bpf_dest": {"type": "path"},
             }},
+            "remove": {"type": "list", "elements": "path", "default": []},
             "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
             "dropin_name": {"type": "str", "default": "50-kernelfence.conf"},
             "enable": {"type": "bool", "default": True},
@@ -265,6 +370,11 @@ def main():
         module.fail_json(msg=str(exc), systemd_version=version, exposure=exc.scores)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+    # Every seccomp program is compiled before anything is written: a profile libseccomp
+    # refuses leaves the host as it was, like a unit systemd refuses.
+    programs = {item["bpf_dest"]: _seccomp_program(module, item)
+                for item in p["files"] if item.get("bpf_dest")}
 
     writes, diffs, changed_units, previous = [], [], [], []
     component_of = {u["name"]: u.get("component") for u in units}
@@ -294,6 +404,40 @@ def main():
                 changed_units.append(item["unit"])
             diffs.append({"before_header": path, "after_header": path,
                           "before": read_text(path) or "", "after": item["content"]})
+        if not item.get("bpf_dest"):
+            continue
+        program, _unknown = programs[item["bpf_dest"]]
+        bpf, sums = item["bpf_dest"], item["bpf_dest"] + ".sha256"
+        if program is None:  # check mode before python3-seccomp is installed
+            outdated = [bpf, sums]
+        else:
+            text = bpf_checksums(bpf, program, path, item["content"])
+            outdated = [f for f, data in ((bpf, program), (sums, text))
+                        if not os.path.exists(f) or _needs_write(f, data, mode, uid, gid)]
+        for target in outdated:
+            binary = target == bpf
+            if program is not None:
+                data = program if binary else text
+                writes.append((target, data, mode, uid, gid))
+            previous.append(_previous(target, item.get("unit"),
+                                      component_of.get(item.get("unit")), binary))
+            if item.get("unit") and item["unit"] not in changed_units:
+                changed_units.append(item["unit"])
+            before = (_describe_program(_read_bytes(target)) if binary
+                      else read_text(target) or "")
+            after = ("(compiled on this host at install)\n" if program is None
+                     else _describe_program(program) if binary else text)
+            diffs.append({"before_header": target, "after_header": target,
+                          "before": before, "after": after})
+    removals = [path for path in p["remove"] if os.path.lexists(path)]
+    # A rolled-back unit may start the removed file again (the launcher of the previous
+    # version): each service changed in this run gets it back with its own files.
+    owners = [(u, component_of.get(u)) for u in changed_units if u.endswith(".service")]
+    for path in removals:
+        for unit, component in owners or [(None, None)]:
+            previous.append(_previous(path, unit, component))
+        diffs.append({"before_header": path, "after_header": path,
+                      "before": read_text(path) or "", "after": ""})
 
     # Files an earlier run wrote without a successful daemon-reload (or whose units it did not
     # hand on for a restart): the reload is owed and the units count as changed.
@@ -307,9 +451,10 @@ def main():
         state = _systemctl(module, "is-active", name)[1].strip()
         active_before[name] = state in ("active", "activating", "reloading")
     installed_at = time.time()
-    if (writes or reload_owed) and not module.check_mode:
+    if (writes or removals or reload_owed) and not module.check_mode:
         try:
-            write_and_reload(writes, changed_units, p["pending_dir"], module.run_command)
+            write_and_reload(writes, changed_units, p["pending_dir"], module.run_command,
+                             removals)
         except ApplyFailed as exc:
             module.fail_json(msg=str(exc), changed=bool(exc.written), written=exc.written,
                              changed_units=changed_units, previous=previous,
@@ -344,7 +489,8 @@ def main():
         # Handed on: the role restarts restart_needed; units started by this run run the new files.
         clear_units(p["pending_dir"], names)
     result = {
-        "changed": bool(writes or reload_owed or enabled_now or started),
+        "changed": bool(writes or removals or reload_owed or enabled_now or started or any(
+            program is None for program, _ in programs.values())),
         "changed_units": changed_units,
         "started": started,
         "enabled": enabled_now,
@@ -353,6 +499,16 @@ def main():
         "systemd_version": int(version) if version.isdigit() else 0,
         "previous": [] if module.check_mode else previous,
         "installed_at": installed_at,
+        "seccomp_programs": {
+            item["bpf_dest"]: {
+                "profile": item["dest"], "checksums": item["bpf_dest"] + ".sha256",
+                "sha256": None if programs[item["bpf_dest"]][0] is None
+                else hashlib.sha256(programs[item["bpf_dest"]][0]).hexdigest(),
+                "bytes": None if programs[item["bpf_dest"]][0] is None
+                else len(programs[item["bpf_dest"]][0]),
+                "unknown_syscalls": programs[item["bpf_dest"]][1]}
+            for item in p["files"] if item.get("bpf_dest")},
+        "removed": removals,
     }
     if module._diff:
         result["diff"] = diffs

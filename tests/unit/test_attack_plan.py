@@ -103,6 +103,25 @@ def test_the_sibling_keeps_every_sandboxing_line_and_replaces_only_the_start():
     assert not any(ln.startswith("Restart=") for ln in lines)
 
 
+def test_the_sibling_keeps_the_check_of_the_compiled_seccomp_program():
+    """systemd 252 since the program is compiled at deploy time: the check before each start
+    is part of the confinement (a component's other ExecStartPre= lines are not)."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+        exec_lines,
+    )
+
+    lines = exec_lines({**EXECUTOR, "config_dir": "/etc/kernelfence/executor"}, 252)
+    merged = MERGED_252.replace(
+        next(ln for ln in MERGED_252.splitlines() if ln.startswith("ExecStart=")),
+        "\n".join(["ExecStartPre=/usr/local/bin/prepare-cache",
+                   *(f"{k}={v}" for k, v in lines)]))
+    text = sibling_unit(merged, EXECUTOR, ARGV, "/x").splitlines()
+    assert f"ExecStartPre={lines[0][1]}" in text
+    assert "ExecStartPre=/usr/local/bin/prepare-cache" not in text
+    execs = [ln for ln in text if ln.startswith("ExecStart=")]
+    assert execs == [f"ExecStart={lines[1][1][:-len(EXECUTOR['command'])]}{' '.join(ARGV)}"]
+
+
 def test_a_unit_whose_start_is_not_the_command_is_refused():
     other = dict(EXECUTOR, command="/usr/bin/something-else")
     with pytest.raises(ValueError, match="does not end with the component's command"):

@@ -270,3 +270,27 @@ def test_job_overhead_goal_takes_the_cpu_job_when_cargo_audit_is_under_a_second(
         "hardened job overhead over bare (job >= 1 s)"]
     assert goal["measured"] == 0.25 and goal["met"] is False
     assert goal["how"].endswith("medians of dd-1s")
+
+
+def test_start_path_goal_and_table_from_a_real_run_on_this_machine():
+    """bench/workload.py --start-path-only on this machine (bubblewrap 0.8.0, the real compiled
+    executor profile, as nobody): the systemd 252 start path against bubblewrap alone."""
+    run = json.loads((FIXTURES / "start_path_host.json").read_text())
+    assert len(run["samples_ms"]["bwrap"]) >= 15 and len(run["samples_ms"]["hardened_start"]) >= 15
+    assert "--seccomp 3" in run["exec_start"] and "--seccomp" not in run["bwrap"]
+    assert run["exec_start_pre"][0].startswith("/usr/bin/sha256sum --check")
+    goal = next(g for g in report.goals(None, None, [], None, run)
+                if g["goal"].startswith("systemd 252 hardened start path"))
+    assert goal["limit"] == 10.0 and goal["measured"] == run["over_bwrap_ms"]
+    assert goal["met"] is (run["over_bwrap_ms"] <= 10.0)
+    worse = dict(run, over_bwrap_ms=10.5)
+    assert not report.goals(None, None, [], None, worse)[0]["met"]
+    assert all(g["goal"] != goal["goal"] for g in report.goals(None, None, [], None))
+    text = report.markdown({"date": "d", "machine": "m", "start_path_host": run,
+                            "workload_native": {"date": "n", "start_path": {
+                                "skipped": "systemd 257"}}})
+    row = next(line for line in text.splitlines() if line.startswith("| this machine"))
+    assert f"| {run['median_ms']['bwrap']} | {run['median_ms']['hardened_start']} | " in row
+    # a setting without a measurement is left out of the start-path table
+    assert not any(line.startswith("| nspawn machine, no systemd job")
+               for line in text.splitlines())

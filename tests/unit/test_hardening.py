@@ -10,9 +10,10 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     SCRATCH_EXPOSURE,
+    exec_lines,
     service_directives,
     threshold,
-    uses_wrapper,
+    unit_word,
     wrapper_argv,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.systemd_analyze import (
@@ -45,8 +46,8 @@ def as_dict(pairs):
 
 
 def render(record, version):
-    exec_start = " ".join([*(wrapper_argv() if uses_wrapper(version) else []), record["command"]])
-    lines = ["[Unit]", f"Description={record['name']}", "", "[Service]", f"ExecStart={exec_start}"]
+    lines = ["[Unit]", f"Description={record['name']}", "", "[Service]"]
+    lines += [f"{k}={v}" for k, v in exec_lines(record, version)]
     lines += [f"{k}={v}" for k, v in service_directives(record, version, record["client_of"])]
     return "\n".join([*lines, "", "[Install]", "WantedBy=multi-user.target", ""])
 
@@ -66,6 +67,34 @@ def test_wrapper_on_252_admits_only_its_namespaces(records):
     assert argv[0] == "/usr/bin/bwrap" and argv[-1] == "--"
     for flag in ("--unshare-pid", "--unshare-user", "--die-with-parent", "--cap-drop", "--proc"):
         assert flag in argv
+
+
+def test_252_checks_the_compiled_program_then_hands_it_to_bubblewrap_without_python(records):
+    rec = records["executor"]
+    lines = exec_lines(rec, 252)
+    assert [k for k, _ in lines] == ["ExecStartPre", "ExecStart"]
+    assert lines[0][1] == ("/usr/bin/sha256sum --check --quiet --strict "
+                           "/etc/kernelfence/executor/seccomp.bpf.sha256")
+    start = lines[1][1]
+    # A fixed sh line opens the program as descriptor 3 ('$$' is systemd's literal '$'); the
+    # program's path and bubblewrap's argv are its arguments, the command comes last.
+    assert start.startswith("/bin/sh -c 'exec \"$$@\" 3<\"$$0\"' "
+                            "/etc/kernelfence/executor/seccomp.bpf /usr/bin/bwrap --bind / / ")
+    assert start.endswith(" --cap-drop ALL --seccomp 3 -- " + rec["command"])
+    assert "python" not in start.split(" -- ")[0] and "kf-launch" not in start
+    assert " ".join(wrapper_argv()) in start.replace("--seccomp 3 ", "")
+
+
+def test_wrapper_words_survive_systemds_expansion():
+    assert unit_word("/etc/kernelfence/a%b/seccomp.bpf") == "/etc/kernelfence/a%%b/seccomp.bpf"
+    assert unit_word('exec "$@" 3<"$0"') == "'exec \"$$@\" 3<\"$$0\"'"
+    with pytest.raises(ValueError, match="cannot quote"):
+        unit_word("it's")
+
+
+def test_257_starts_the_command_itself(records):
+    for name, rec in records.items():
+        assert exec_lines(rec, 257) == [("ExecStart", rec["command"])], name
 
 
 def test_syscall_allow_and_deny_on_separate_lines(records):

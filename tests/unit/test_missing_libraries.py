@@ -124,18 +124,27 @@ def test_the_module_needs_no_cryptography_without_recheck(tmp_path):
     assert "failed" not in result, result
 
 
-def test_the_seccomp_launcher_names_python3_seccomp_and_fails_closed(tmp_path):
-    # Systemd runs it as `python3 -I` (which ignores PYTHONPATH); -I is left out here only so
-    # that the sitecustomize can hide the binding.
-    marker = tmp_path / "ran"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "roles/component_unit/files/kf-launch.py"),
-         str(tmp_path / "profile.json"), "--", "/usr/bin/touch", str(marker)],
-        env=dict(os.environ, PYTHONPATH=hide(tmp_path, "seccomp")),
-        capture_output=True, text=True, check=False, timeout=60)
-    assert proc.returncode == 1
-    assert proc.stderr == ("kf-launch: the Python binding of libseccomp is missing (import of "
-                           "seccomp halted; None in sys.modules). Fix: apt-get install "
-                           "python3-seccomp (the component_unit role installs it on systemd "
-                           "< 257)\n")
-    assert not marker.exists()
+def test_unit_install_names_python3_seccomp_before_it_writes_anything(tmp_path):
+    """On systemd < 257 the module compiles each profile to BPF on the target before any write;
+    without libseccomp's binding it fails naming the file, the package and the fix."""
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
+               "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}
+    units = tmp_path / "units"
+    args = {"units": [{"name": "kf-probe.service", "component": "probe",
+                       "content": "[Service]\nExecStart=/usr/bin/sleep infinity\n"}],
+            "files": [{"dest": str(tmp_path / "seccomp.json"), "unit": "kf-probe.service",
+                       "content": json.dumps(profile), "bpf_dest": str(tmp_path / "seccomp.bpf")}],
+            "unit_dir": str(units), "enable": False, "start": False,
+            "pending_dir": str(tmp_path / "pending")}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([hide(tmp_path, "seccomp"),
+                                                       str(REPO / ".collections")]))
+    proc = subprocess.run([sys.executable, str(REPO / "plugins/modules/unit_install.py")],
+                          input=json.dumps({"ANSIBLE_MODULE_ARGS": args}), capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result.get("failed") is True, result
+    assert "libseccomp's Python binding is not importable" in result["msg"]
+    assert "Fix: install python3-seccomp" in result["msg"]
+    assert str(tmp_path / "seccomp.bpf") in result["msg"]
+    assert not result.get("changed")
+    assert not units.exists() and not (tmp_path / "seccomp.bpf").exists()

@@ -1,5 +1,6 @@
 """Why a unit failed, read from systemd output recorded in a Debian 13 guest (systemd 257)."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,39 @@ def test_changed_directives_lists_added_and_removed_lines():
 def test_parse_journal_skips_junk_and_decodes_byte_messages():
     text = 'not json\n{"MESSAGE": [104, 105, 255]}\n{"MESSAGE": "ok"}\n'
     assert [e["MESSAGE"] for e in parse_journal(text)] == ["hi\ufffd", "ok"]
+
+
+@pytest.mark.parametrize("damage", ["changed", "missing"])
+def test_a_failed_check_of_the_compiled_seccomp_program_says_which_file_and_to_redeploy(
+        tmp_path, damage):
+    """Debian 12: the unit's ExecStartPre= check (sha256sum, real output from this machine)
+    stopped the start, so the workload never ran: sha256sum's lines are the cause, not the
+    workload's last words (journal entries shaped like the recorded stdout ones)."""
+    bpf, profile = tmp_path / "seccomp.bpf", tmp_path / "seccomp.json"
+    bpf.write_bytes(b"\x00" * 16)
+    profile.write_text("{}\n")
+    sums = subprocess.run(["sha256sum", str(bpf), str(profile)], capture_output=True, text=True,
+                          check=True).stdout
+    (tmp_path / "seccomp.bpf.sha256").write_text(sums)
+    if damage == "changed":
+        bpf.write_bytes(b"\x01" * 16)
+    else:
+        bpf.unlink()
+    check = subprocess.run(["sha256sum", "--check", "--quiet", "--strict",
+                            str(tmp_path / "seccomp.bpf.sha256")],
+                           capture_output=True, text=True, check=False)
+    assert check.returncode != 0
+    unit, show, entries, text = recorded("eperm")
+    stdout = next(e for e in entries if e.get("_TRANSPORT") == "stdout")
+    kept = [e for e in entries if e.get("_TRANSPORT") != "stdout"
+            and "Main process exited" not in e.get("MESSAGE", "")]
+    said = [{**stdout, "MESSAGE": line.replace("/usr/bin/sha256sum:", "sha256sum:"),
+             "SYSLOG_IDENTIFIER": "sha256sum", "_COMM": "sha256sum"}
+            for line in (check.stdout + check.stderr).splitlines()]
+    result = explain(unit, show, [*kept, *said], text, "model_backend")
+    assert result["fix"].startswith(f"{bpf} is missing or not what was deployed: run the play "
+                                    "again")
+    assert "kernelfence_components[model_backend]" in result["fix"]
+    assert f"the check of its compiled seccomp program before the start failed: {bpf}: FAILED" \
+        in result["text"]
+    assert not any("sha256sum" in line or "FAILED" in line for line in result["output"])

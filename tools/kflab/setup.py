@@ -34,6 +34,10 @@ APT_COMMANDS = {
     # Controller only: tests/unit/test_audit_screenshot.py renders the HTML audit report.
     "chromium": "chromium",
 }
+# Modules of the system Python (the targets' interpreter) and their Debian packages:
+# tests/unit compile seccomp profiles with libseccomp's binding, as unit_install does on a target.
+APT_PYTHON_MODULES = {"seccomp": "python3-seccomp"}
+SYSTEM_PYTHON = "/usr/bin/python3"
 # Pinned test tools. cosign 2.6.5 is the newest 2.x and postdates the published advisories
 # against 2.x bundle verification; cargo-audit is the newest release at pinning; syft 1.50.0
 # is the newest whose whole module graph the Go proxy serves here (1.57.0 needs versions
@@ -82,11 +86,16 @@ def tool_env() -> dict[str, str]:
 
 
 def missing_packages(commands: dict[str, str] | None = None) -> list[str]:
-    """Debian packages whose commands (or, for python3-venv, module) this machine lacks."""
+    """Debian packages whose commands (or, for python3-venv, module; for the system python's
+    modules, the module) this machine lacks."""
     commands = APT_COMMANDS if commands is None else commands
     missing = {pkg for cmd, pkg in commands.items() if not shutil.which(cmd)}
-    if commands is APT_COMMANDS and importlib.util.find_spec("ensurepip") is None:
-        missing.add("python3-venv")  # `python3 -m venv` needs it on Debian
+    if commands is APT_COMMANDS:
+        if importlib.util.find_spec("ensurepip") is None:
+            missing.add("python3-venv")  # `python3 -m venv` needs it on Debian
+        missing |= {pkg for mod, pkg in APT_PYTHON_MODULES.items()
+                    if subprocess.run([SYSTEM_PYTHON, "-c", f"import {mod}"],
+                                      capture_output=True, check=False).returncode}
     return sorted(missing)
 
 
