@@ -13,6 +13,9 @@ import posixpath
 import re
 import shlex
 
+from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
+    identity_regexp_problem,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
     FIELDS as RESOURCE_FIELDS,
 )
@@ -438,12 +441,13 @@ def normalize_artifacts(component: str, raw: list | None, bin_root: str) -> list
             if not (entry.get("certificate_identity") or entry.get("certificate_identity_regexp")):
                 _fail(component, f"{field}.certificate_identity", "missing",
                       "give the signer identity (or certificate_identity_regexp)")
-            if entry.get("certificate_identity_regexp"):
-                try:
-                    re.compile(str(entry["certificate_identity_regexp"]))
-                except re.error as exc:
-                    _fail(component, f"{field}.certificate_identity_regexp",
-                          f"invalid regular expression ({exc})", "fix the expression")
+            if entry.get("certificate_identity_regexp") is not None:
+                # The verifier's own rule (artifact_verify): empty, invalid, or matching an
+                # empty identity (so every signer of the trusted root) is refused here already.
+                problem = identity_regexp_problem(str(entry["certificate_identity_regexp"]))
+                if problem:
+                    what, _, fix = problem.rpartition("; ")
+                    _fail(component, f"{field}.certificate_identity_regexp", what, fix)
             for required in ("certificate_oidc_issuer", "trusted_root"):
                 if not entry.get(required):
                     _fail(component, f"{field}.{required}", "missing for keyless verification",
