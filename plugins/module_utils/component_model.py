@@ -16,6 +16,9 @@ import shlex
 from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_verify import (
     identity_regexp_problem,
 )
+from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
+    MAX_SOCKETS,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
     FIELDS as RESOURCE_FIELDS,
 )
@@ -567,6 +570,12 @@ def normalize_components(components: list[dict], roots: dict[str, str] | None = 
         rec["client_of"] = []
         rec["connects_to"] = []
     for rec in records:
+        if len(rec["sockets"]) > MAX_SOCKETS:
+            # Socket activation passes them as descriptors 3.. and the systemd 252 start path
+            # hands the seccomp program over on descriptor 9 (hardening.SECCOMP_FD).
+            _fail(rec["name"], "sockets", f"{len(rec['sockets'])} sockets, at most "
+                  f"{MAX_SOCKETS} are passed to a component",
+                  "serve several endpoints on one socket, or split the component")
         for sock in rec["sockets"]:
             if not CREDENTIAL_RE.match(str(sock.get("name", ""))):
                 _fail(rec["name"], "sockets.name", f"{sock.get('name')!r} is not a file name",

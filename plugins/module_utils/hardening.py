@@ -119,13 +119,15 @@ SHA256SUM = "/usr/bin/sha256sum"
 # The descriptor bubblewrap reads the compiled program from. bubblewrap 0.8 closes the
 # --seccomp descriptor after reading it and never reopens it: handed over as standard input
 # (StandardInput=file:), the workload would start with descriptor 0 closed, and its first
-# open() would become its standard input. Descriptor 3 keeps the workload's standard input
-# systemd's /dev/null.
-SECCOMP_FD = 3
+# open() would become its standard input. Descriptors 3 and up carry the listening sockets of a
+# socket-activated service (LISTEN_FDS, from 3): the program takes descriptor 9, the highest a
+# POSIX sh redirects, above the sockets (the model allows a component at most MAX_SOCKETS).
+SECCOMP_FD = 9
+MAX_SOCKETS = SECCOMP_FD - 3
 # A fixed POSIX sh line that only opens the program and execs: the program's path is $0 and
 # bubblewrap's argv is "$@", passed as arguments, so nothing is re-quoted and no component
 # field reaches the script. A missing program stops here, the shell naming the file.
-SECCOMP_HANDOFF = 'exec "$@" 3<"$0"'
+SECCOMP_HANDOFF = f'exec "$@" {SECCOMP_FD}<"$0"'
 
 
 def seccomp_files(config_dir: str) -> dict[str, str]:
@@ -142,7 +144,7 @@ def wrapper_argv(seccomp_bpf: str | None = None) -> list[str]:
     The host root stays as systemd's sandbox made it (read-only where it is read-only); bwrap
     adds the namespaces, dies with its parent and forbids the workload further user namespaces.
     The program (compiled at deploy time, unit_install's bpf_dest) is opened as descriptor 3 and
-    bwrap loads it (--seccomp 3) just before it execs the workload.
+    bwrap loads it (--seccomp 9) just before it execs the workload.
     """
     # --proc /proc: a procfs of the new PID namespace. Without it the workload kept the host's
     # /proc, where ProtectProc=invisible hides other users' processes but not its own user's

@@ -199,7 +199,7 @@ def read_text(path: str) -> str | None:
 # Files written but not yet loaded by systemd, one marker per unit, kept across runs: a
 # daemon-reload that failed after the files were written is owed until one succeeds, even when
 # the next run finds the files equal. Under /run because a reboot loads every unit file anew.
-PENDING_DIR = "/run/kernelfence/unit_install"
+PENDING_DIR = "/run/kernelfence-pending/unit_install"
 RELOAD_MARKER = "daemon-reload"
 
 

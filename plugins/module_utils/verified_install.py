@@ -26,7 +26,7 @@ from dataclasses import dataclass
 INVENTORY = "inventory.json"
 # Components whose binary was switched and whose service has not restarted on it yet, one empty
 # file each (written by the artifact_verify module, removed by the verified_binary handler).
-PENDING_DIR = "/run/kernelfence/artifact_verify"
+PENDING_DIR = "/run/kernelfence-pending/artifact_verify"
 _CHUNK = 1 << 20
 
 

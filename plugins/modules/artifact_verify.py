@@ -114,7 +114,7 @@ options:
         the component in RV(components) (and C(changed)), so a restart lost to a failed run is
         done by the next one. Under C(/run) because a boot starts every service on C(current).
     type: path
-    default: /run/kernelfence/artifact_verify
+    default: /run/kernelfence-pending/artifact_verify
 notes:
   - The host side of this module is an internal implementation detail of the action plugin;
     call it only through the action (the task name C(kernelfence.isolation.artifact_verify)).

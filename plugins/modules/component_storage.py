@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: component_storage
 short_description: Size-bounded file systems for the components' persistent writable paths
-version_added: "0.4.0"
+version_added: "0.1.0"
 description:
   - For each path of O(mounts) (from the C(kernelfence.isolation.component_storage_mounts)
     filter), creates a per-path ext4 image of the given size (allocated up front with

@@ -137,7 +137,7 @@ options:
         (and reports the unit as changed) even when every file is already as wanted.
       - Under C(/run) because a reboot loads every unit file anew.
     type: path
-    default: /run/kernelfence/unit_install
+    default: /run/kernelfence-pending/unit_install
 """
 
 EXAMPLES = r"""
@@ -489,8 +489,11 @@ def main():
         # Handed on: the role restarts restart_needed; units started by this run run the new files.
         clear_units(p["pending_dir"], names)
     result = {
-        "changed": bool(writes or removals or reload_owed or enabled_now or started or any(
-            program is None for program, _ in programs.values())),
+        # An owed restart (a marker of an earlier run) is handed on as restart_needed: changed,
+        # so the role's handler runs it.
+        "changed": bool(writes or removals or reload_owed or enabled_now or started
+                        or restart_needed
+                        or any(program is None for program, _ in programs.values())),
         "changed_units": changed_units,
         "started": started,
         "enabled": enabled_now,

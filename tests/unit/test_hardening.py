@@ -78,16 +78,16 @@ def test_252_checks_the_compiled_program_then_hands_it_to_bubblewrap_without_pyt
     start = lines[1][1]
     # A fixed sh line opens the program as descriptor 3 ('$$' is systemd's literal '$'); the
     # program's path and bubblewrap's argv are its arguments, the command comes last.
-    assert start.startswith("/bin/sh -c 'exec \"$$@\" 3<\"$$0\"' "
+    assert start.startswith("/bin/sh -c 'exec \"$$@\" 9<\"$$0\"' "
                             "/etc/kernelfence/executor/seccomp.bpf /usr/bin/bwrap --bind / / ")
-    assert start.endswith(" --cap-drop ALL --seccomp 3 -- " + rec["command"])
+    assert start.endswith(" --cap-drop ALL --seccomp 9 -- " + rec["command"])
     assert "python" not in start.split(" -- ")[0] and "kf-launch" not in start
-    assert " ".join(wrapper_argv()) in start.replace("--seccomp 3 ", "")
+    assert " ".join(wrapper_argv()) in start.replace("--seccomp 9 ", "")
 
 
 def test_wrapper_words_survive_systemds_expansion():
     assert unit_word("/etc/kernelfence/a%b/seccomp.bpf") == "/etc/kernelfence/a%%b/seccomp.bpf"
-    assert unit_word('exec "$@" 3<"$0"') == "'exec \"$$@\" 3<\"$$0\"'"
+    assert unit_word('exec "$@" 9<"$0"') == "'exec \"$$@\" 9<\"$$0\"'"
     with pytest.raises(ValueError, match="cannot quote"):
         unit_word("it's")
 

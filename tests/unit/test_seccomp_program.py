@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -228,3 +229,29 @@ def test_changed_program_or_profile_stops_the_start_naming_the_file(deployed, ta
         assert f"{files['bpf']}: FAILED" in said or f"{files['profile']}: FAILED" in said
     else:
         assert f"{files[target]}: FAILED" in said
+
+
+def test_a_socket_activated_service_keeps_its_listening_socket_on_descriptor_3(deployed):
+    """systemd passes a socket-activated service its sockets from descriptor 3 (LISTEN_FDS):
+    the hand-off must leave them there (the program goes on descriptor SECCOMP_FD, above)."""
+    _record, _files, lines = deployed
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(f"{tempfile.mkdtemp(prefix='kf-sock-')}/s")
+    listener.listen()
+
+    def as_systemd_passes_it():
+        os.dup2(listener.fileno(), 3)
+
+    for key in ("ExecStartPre", "ExecStart"):
+        for value in (v for k, v in lines if k == key):
+            result = subprocess.run(
+                systemd_argv(value), capture_output=True, text=True,
+                stdin=subprocess.DEVNULL, user=NOBODY, group=NOBODY, extra_groups=[],
+                pass_fds=(3,) if key == "ExecStart" else (), timeout=60, check=False,
+                preexec_fn=as_systemd_passes_it if key == "ExecStart" else None)
+            assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["fds"]["3"].startswith("socket:["), seen["fds"]
+    assert str(SECCOMP_FD) not in seen["fds"], seen["fds"]
+    assert seen["unshare_user"] == errno.EPERM  # and the filter is still loaded
+    listener.close()

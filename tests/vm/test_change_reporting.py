@@ -16,7 +16,7 @@ FILL = "/run/kf-reload-fill"
 # 4 MiB below the 16 MiB systemd keeps free on /run before it agrees to reload.
 FILL_RUN = ("avail=$(df --output=avail -B1 /run | tail -n 1); "
             f"fallocate -l $((avail - 4194304)) {FILL}")
-MARKER = "/run/kernelfence/network-policy.reload"
+MARKER = "/run/kernelfence-pending/network-policy.reload"
 
 
 def test_a_refused_daemon_reload_reports_changed_and_is_retried(host, tmp_path):

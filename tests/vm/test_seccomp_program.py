@@ -32,13 +32,17 @@ def test_start_path_has_no_interpreter_and_the_workload_keeps_dev_null(host, nam
         return
     assert "python3 -I" not in start and "kf-launch" not in start
     assert "path=/bin/sh ;" in start and f" {bpf} {WRAPPER} " in start, start
-    assert "--seccomp 3 --" in start and start.index(WRAPPER) < start.index("--seccomp 3")
+    assert "--seccomp 9 --" in start and start.index(WRAPPER) < start.index("--seccomp 9")
     assert f"/usr/bin/sha256sum --check --quiet --strict {bpf}.sha256" in pre
     assert host.run("sha256sum --check --strict %s.sha256", bpf).rc == 0
     pid = workload(host, name)
     fds = host.run("ls -l /proc/%s/fd", str(pid)).stdout
     assert host.run("readlink /proc/%s/fd/0", str(pid)).stdout.strip() == "/dev/null", fds
     assert bpf not in fds
+    # Socket activation: the unit's listening socket is still the workload's descriptor 3
+    # (LISTEN_FDS starts at 3); the program's descriptor 9 is closed by bubblewrap.
+    assert host.run("readlink /proc/%s/fd/3", str(pid)).stdout.startswith("socket:["), fds
+    assert host.run("readlink /proc/%s/fd/9", str(pid)).rc != 0, fds
     nspid = host.run("grep NSpid /proc/%s/status", str(pid)).stdout.split()
     assert nspid[-1] == "2", "bubblewrap is PID 1 of the namespace, the workload PID 2"
 
