@@ -87,3 +87,25 @@ def test_development_guide_ends_with_the_first_run_section():
     before, marker, after = text.partition("<!-- first-run section below -->")
     assert marker and after.lstrip().startswith("## First run\n"), "docs/development.md"
     assert "## First run" not in before
+
+
+def test_resources_guide_states_every_profile_default():
+    """docs/resources.md's table of defaults is resource_limits.PROFILE_DEFAULTS, value by value."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+        FIELDS,
+        PROFILE_DEFAULTS,
+    )
+
+    text = (REPO / "docs" / "resources.md").read_text()
+    section = text.partition("## The defaults")[2].partition("\n## ")[0]
+    header = re.search(r"^\| field \|(.*)\|$", section, re.M).group(1)
+    profiles = [p.strip(" `") for p in header.split("|")]
+    assert profiles == list(PROFILE_DEFAULTS), profiles
+    rows = {}
+    for field, cells in re.findall(r"^\| `(\w+)` \|(.*)\|$", section, re.M):
+        rows[field] = [c.strip(" `") for c in cells.split("|")]
+    assert list(rows) == list(FIELDS), list(rows)
+    for field, cells in rows.items():
+        for profile, cell in zip(profiles, cells, strict=True):
+            value = PROFILE_DEFAULTS[profile][field][0]
+            assert cell == ("unset" if value is None else str(value)), (field, profile, cell)
