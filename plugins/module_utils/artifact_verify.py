@@ -103,6 +103,12 @@ def _given(value: object) -> bool:
     return value is not None and str(value).strip() != ""
 
 
+# Identities any signer of a public trusted root can obtain, none naming a particular signer: a
+# pattern that matches one of them would accept them all (".+", ".", "@", "[\\s\\S]+").
+ANY_SIGNER_PROBES = ("x", "attacker@evil.invalid",
+                     "https://evil.invalid/attacker/repo/.github/workflows/x.yml@refs/heads/x")
+
+
 def identity_regexp_problem(pattern: str) -> str | None:
     """Why an identity regular expression cannot stand for a signer, or None when it can."""
     fix = ("give the exact identity as certificate_identity, or an anchored expression that "
@@ -118,6 +124,15 @@ def identity_regexp_problem(pattern: str) -> str | None:
         # empty string matches inside every identity.
         return (f"{pattern!r} matches an empty identity, so it matches every signer of the "
                 f"trusted root; {fix}")
+    probe = next((p for p in ANY_SIGNER_PROBES if compiled.search(p)), None)
+    if probe is not None:
+        return (f"{pattern!r} matches {probe!r}, an identity that names no particular signer, "
+                f"so it matches any signer of the trusted root; {fix}")
+    if not pattern.startswith(("^", "\\A")):
+        # Unanchored, it matches inside any identity that contains it (an attacker's e-mail
+        # address or workflow path can), as cosign and the Python path both search.
+        return (f"{pattern!r} is not anchored at the start (^), so it matches inside any "
+                f"identity that contains it; {fix}")
     return None
 
 

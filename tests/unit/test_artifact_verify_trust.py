@@ -272,6 +272,14 @@ MISSING = {
     "optional-regexp": ({"certificate_identity": None,
                          "certificate_identity_regexp": "(release-signer@kernelfence.test)?"},
                         "bad-identity-regexp", "certificate_identity_regexp"),
+    "any-signer-regexp": ({"certificate_identity": None, "certificate_identity_regexp": ".+"},
+                          "bad-identity-regexp", "certificate_identity_regexp"),
+    "at-sign-regexp": ({"certificate_identity": None, "certificate_identity_regexp": "@"},
+                       "bad-identity-regexp", "certificate_identity_regexp"),
+    # The signer's own identity, but unanchored: it would match inside an attacker's identity.
+    "unanchored-regexp": ({"certificate_identity": None,
+                           "certificate_identity_regexp": r"release-signer@kernelfence\.test$"},
+                          "bad-identity-regexp", "certificate_identity_regexp"),
     "no-issuer": ({"certificate_oidc_issuer": None}, "missing-issuer",
                   "certificate_oidc_issuer"),
     "no-trusted-root": ({"trusted_root": None}, "missing-trusted-root", "trusted_root"),
@@ -306,6 +314,8 @@ ARG_CASES = {
                      "artifacts[0].certificate_identity_regexp"),
     "match-all-regexp": ({"certificate_identity": None, "certificate_identity_regexp": "^.*"},
                          "artifacts[0].certificate_identity_regexp"),
+    "any-signer-regexp": ({"certificate_identity": None, "certificate_identity_regexp": "^.+$"},
+                          "artifacts[0].certificate_identity_regexp"),
     "no-issuer": ({"certificate_oidc_issuer": None}, "artifacts[0].certificate_oidc_issuer"),
 }
 
