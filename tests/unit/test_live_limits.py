@@ -183,3 +183,99 @@ def test_partial_resources_policy_checks_only_what_it_names():
         resources_directives({"memory_maximum": "1G"})
     with pytest.raises(ResourceError, match="memory_max"):
         resources_directives({"memory_max": "lots"})
+
+
+def run_module(tmp_path: Path, name: str, args: dict) -> dict:
+    """A module run as Ansible runs it (a Python process with its args file)."""
+    import os
+    import subprocess
+    import sys
+
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    done = subprocess.run(
+        [sys.executable, str(REPO / f"plugins/modules/{name}.py"), str(args_file)],
+        capture_output=True, text=True, check=False, timeout=60,
+        env=dict(os.environ, PYTHONPATH=f"{REPO / '.collections'}:{REPO}"))
+    return json.loads(done.stdout)
+
+
+def example_model() -> list[dict]:
+    return yaml.safe_load((REPO / "inventory/example/group_vars/kernelfence/components.yml")
+                          .read_text())["kernelfence_components"]
+
+
+def test_info_module_reports_live_limits_and_compares_them_with_the_model(tmp_path):
+    result = run_module(tmp_path, "process_isolation_info", {
+        "pids": [ROLES["bounded"], ROLES["loosened"]], "proc_root": PROC,
+        "cgroup_root": CGROUP, "components": example_model()})
+    assert not result.get("failed"), result.get("msg")
+    assert not result["changed"]
+    by_pid = {p["pid"]: p for p in result["processes"]}
+    bounded = by_pid[ROLES["bounded"]]["resources"]
+    assert bounded["cgroup"] == "/system.slice/kf-executor.service"
+    assert bounded["cgroup_files"]["memory.max"] == "536870912"
+    assert bounded["rlimits"] == {"RLIMIT_NOFILE": "1024:1024", "RLIMIT_CORE": "0:0"}
+    assert bounded["mounts"]["/tmp"] == {"fstype": "tmpfs", "size": "65536k"}
+    # The loosened process is in no component's unit: read, not compared.
+    assert by_pid[ROLES["loosened"]]["resources"]["cgroup_files"]["memory.max"] == "max"
+    assert set(result["limits"]) == {"executor"} and result["limits"]["executor"]["passed"]
+    assert result["host"]["memory"] == HOST["memory"]
+
+
+def test_info_module_host_scan_leaves_limits_out_unless_asked(tmp_path):
+    result = run_module(tmp_path, "process_isolation_info", {"proc_root": PROC,
+                                                             "cgroup_root": CGROUP})
+    assert all("resources" not in p for p in result["processes"]), result.get("msg")
+    result = run_module(tmp_path, "process_isolation_info", {
+        "proc_root": PROC, "cgroup_root": CGROUP, "resources": True})
+    assert all(p["resources"] for p in result["processes"])
+
+
+def test_info_module_refuses_a_bad_model_by_name(tmp_path):
+    model = example_model()
+    model[1]["resources"] = {"memory_max": "lots"}
+    result = run_module(tmp_path, "process_isolation_info", {
+        "pids": [ROLES["bounded"]], "proc_root": PROC, "components": model})
+    assert result["failed"] and result["msg"].startswith("components: ")
+    assert "memory_max" in result["msg"]
+
+
+def test_assert_module_passes_matching_limits_and_names_each_loosened_one(tmp_path):
+    ok = run_module(tmp_path, "isolation_assert", {
+        "pids": [ROLES["bounded"]], "proc_root": PROC, "cgroup_root": CGROUP,
+        "components": example_model(), "policy": {}})
+    assert not ok.get("failed") and ok["violations"] == [], ok.get("msg")
+    bad = run_module(tmp_path, "isolation_assert", {
+        "pids": [ROLES["loosened"]], "proc_root": PROC, "cgroup_root": CGROUP,
+        "policy": {"resources": {"memory_max": "512M", "tasks_max": 128, "tmp_size": "64M",
+                                 "limit_nofile": 1024}}})
+    assert bad["failed"]
+    fields = {v["field"]: (v["expected"], v["observed"]) for v in bad["violations"]}
+    # Only the fields the policy names (memory.high/low/swap.max unset: systemd's defaults).
+    assert fields == {
+        "resources.memory.max": ("536870912", "max"),
+        "resources.pids.max": ("128", "max"),
+        "resources.RLIMIT_NOFILE": ("1024:1024", "16384:16384"),
+        "resources.tmpfs /tmp": ("tmpfs size=65536k", "no mount (the host's directory)"),
+        "resources.tmpfs /var/tmp": ("tmpfs size=65536k", "no mount (the host's directory)"),
+        "resources.tmpfs /dev/shm": ("tmpfs size=65536k", "tmpfs size=24683772k"),
+    }
+    assert "resources.memory.max: expected 536870912, observed max" in bad["msg"]
+    missing = run_module(tmp_path, "isolation_assert", {
+        "pids": [ROLES["nocontrollers"]], "proc_root": PROC, "cgroup_root": CGROUP,
+        "policy": {"resources": {"io_weight": 25}}})
+    assert [(v["field"], v["observed"]) for v in missing["violations"]] == [
+        ("resources.io.weight", "absent: io controller not enabled")]
+
+
+def test_assert_module_refuses_a_bad_resources_policy_by_name(tmp_path):
+    bad = run_module(tmp_path, "isolation_assert", {
+        "pids": [ROLES["bounded"]], "proc_root": PROC, "cgroup_root": CGROUP,
+        "policy": {"resources": {"tasks_max": 4}}})
+    assert bad["failed"] and bad["msg"].startswith("policy.resources.tasks_max: 4 tasks")
+    assert "Fix: give at least 32" in bad["msg"] and "violations" not in bad
+    bad = run_module(tmp_path, "isolation_assert", {
+        "unit": "kf-nothing.service", "proc_root": PROC, "components": example_model(),
+        "policy": {}})
+    assert bad["failed"] and bad["msg"].startswith("unit: kf-nothing.service is the unit of no")
