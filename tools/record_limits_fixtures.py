@@ -105,8 +105,9 @@ def record(out: str) -> None:
                                 if os.path.isdir(f"{tree}/{pid}") else _mk(f"{tree}/{pid}", name))
             write(f"{tree}/{pid}/cgroup", f"0::{UNITS[role]}\n")
         shutil.copyfile("/proc/meminfo", f"{tree}/meminfo")
+        os.makedirs(f"{tree}/sys/kernel")
         for name in ("threads-max", "pid_max"):
-            write(f"{tree}/sys/kernel/{name}", open(f"/proc/sys/kernel/{name}").read())
+            shutil.copyfile(f"/proc/sys/kernel/{name}", f"{tree}/sys/kernel/{name}")
         build_cgroups(os.path.join(out, "cgroup"), pids)
         with open(os.path.join(out, "roles.json"), "w") as handle:
             json.dump({"kernel": os.uname().release, "page_size": os.sysconf("SC_PAGE_SIZE"),

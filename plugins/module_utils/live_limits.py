@@ -127,7 +127,7 @@ def parse_mountinfo(text: str, paths: tuple[str, ...] = SCRATCH) -> dict[str, di
         point = _unescape(fields[4])
         if point not in found:
             continue
-        fstype, _source, options = (right.split() + ["", "", ""])[:3]
+        fstype, _source, options = [*right.split(), "", "", ""][:3]
         size = next((o[5:] for o in options.split(",") if o.startswith("size=")), None)
         found[point] = {"fstype": fstype, "size": size}
     return found
@@ -231,7 +231,8 @@ def expected_limits(directives: list, host: dict) -> dict[str, dict]:
     for directive, name in DIRECTIVE_FILES.items():
         value = values.get(directive)
         if value is None:
-            if name.startswith("memory.") and memory or name == "cpu.max" and "CPUWeight" in values:
+            if ((name.startswith("memory.") and memory)
+                    or (name == "cpu.max" and "CPUWeight" in values)):
                 out[name] = {"expected": UNSET[name], "directive": f"{directive}= unset"}
             continue
         if name.startswith("memory."):

@@ -159,12 +159,12 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits 
     model_directives,
     resources_directives,
 )
-from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
-    ResourceError,
-)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     ProcReader,
     unit_pids,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    ResourceError,
 )
 
 

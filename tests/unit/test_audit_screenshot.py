@@ -91,7 +91,8 @@ const out = {width: window.innerWidth, scroll: document.documentElement.scrollWi
 document.querySelectorAll("table").forEach((t, i) => {
   out.tables.push({index: i, right: Math.ceil(t.getBoundingClientRect().right)});
 });
-document.querySelectorAll("table.grid").forEach(grid => grid.querySelectorAll("th, td").forEach(cell => {
+document.querySelectorAll("table.grid").forEach(grid => grid.querySelectorAll("th, td")
+.forEach(cell => {
   const box = cell.getBoundingClientRect();
   const text = cell.textContent.trim();
   if (cell.scrollWidth > cell.clientWidth + 1) out.cut.push(text);

@@ -51,8 +51,8 @@ def test_host_facts_are_the_recorded_hosts():
     memtotal = int((FIX / "proc/meminfo").read_text().split()[1]) * 1024
     pid_max = int((FIX / "proc/sys/kernel/pid_max").read_text())
     threads = int((FIX / "proc/sys/kernel/threads-max").read_text())
-    assert HOST == {"memory": memtotal, "page_size": 4096,
-                    "tasks_max": min(threads, pid_max - 1, 4194303)}
+    want = {"memory": memtotal, "page_size": 4096, "tasks_max": min(threads, pid_max - 1, 4194303)}
+    assert want == HOST
 
 
 def test_matching_limits_pass_every_check():
