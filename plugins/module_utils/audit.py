@@ -32,6 +32,9 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.isolation_po
     compare,
     normalize_policy,
 )
+from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits import (
+    LIMIT_NAMES,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     capability_names,
 )
@@ -155,6 +158,23 @@ def component_checks(component: dict, unit: dict, scan: dict, promised: dict) ->
                                     for p in processes)),
     ]
     return checks
+
+
+def limit_checks(component: dict, expected: dict, processes: list[dict], cgroups: dict,
+                 host: dict) -> list[dict]:
+    """One check per resource limit the unit sets: the value the kernel shows (the process's
+    cgroup v2 file, /proc/PID/limits, oom_score_adj, the tmpfs size in mountinfo) against the
+    value the unit's directives make it show (live_limits.expected_limits)."""
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits import (
+        compare_limits,
+        limit_command,
+    )
+
+    return [{"component": component["name"], "unit": component["unit"],
+             "property": result["name"], "command": limit_command(result["name"]),
+             "expected": result["expected"], "observed": result["observed"],
+             "directive": result["directive"], "passed": result["passed"]}
+            for result in compare_limits(expected, processes, cgroups, host)]
 
 
 def validate_attacks(attacks: object) -> list[dict]:
@@ -372,6 +392,27 @@ def _cell(item: dict | None, footnote: int | None) -> str:
             f"<sup>{footnote}</sup></a></td>")
 
 
+def _grid(properties: list[str], evidences: list[dict], verdicts: list[dict],
+          footnotes: dict[int, int]) -> list[str]:
+    """A components x properties table of the given check names: a row per host and component
+    that has any of them, a cell per check (verdict and footnote number)."""
+    parts = ['<table class="grid"><tr><th>host</th><th>component</th>'
+             + "".join(f'<th class="prop"><span>{html.escape(p)}</span></th>'
+                       for p in properties) + "</tr>"]
+    for evidence, verdict in zip(evidences, verdicts, strict=False):
+        by_component: dict[str, dict[str, dict]] = {}
+        for item in verdict["items"]:
+            if item["kind"] == "check" and item["name"] in properties:
+                by_component.setdefault(item["component"], {})[item["name"]] = item
+        for component, row in by_component.items():
+            parts.append(f'<tr><td class="name">{html.escape(evidence["host"])}</td>'
+                         f'<td class="name">{html.escape(component)}</td>'
+                         + "".join(_cell(row.get(p), footnotes.get(id(row.get(p))))
+                                   for p in properties) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
 def _value(value: object) -> str:
     return html.escape(value if isinstance(value, str) else json.dumps(value))
 
@@ -418,21 +459,14 @@ def html_report(evidences: list[dict], attacks: list[dict] | None = None,
              f'<div class="summary">{counted}: '
              + (f'<span class="bad">{len(failures)} failed</span>' if failures
                 else '<span class="good">all passed</span>') + "</div>",
-             "<h2>Components &times; properties</h2>",
-             '<table class="grid"><tr><th>host</th><th>component</th>'
-             + "".join(f'<th class="prop"><span>{html.escape(p)}</span></th>'
-                       for p in properties) + "</tr>"]
-    for evidence, verdict in zip(evidences, verdicts, strict=False):
-        by_component: dict[str, dict[str, dict]] = {}
-        for item in verdict["items"]:
-            if item["kind"] == "check":
-                by_component.setdefault(item["component"], {})[item["name"]] = item
-        for component, row in by_component.items():
-            parts.append(f'<tr><td class="name">{html.escape(evidence["host"])}</td>'
-                         f'<td class="name">{html.escape(component)}</td>'
-                         + "".join(_cell(row.get(p), footnotes.get(id(row.get(p))))
-                                   for p in properties) + "</tr>")
-    parts.append("</table>")
+             "<h2>Components &times; properties</h2>"]
+    # The resource limits get a grid of their own, a column per limit: beside the isolation
+    # properties they would not fit a 1000 px window.
+    limits = [p for p in properties if p in LIMIT_NAMES]
+    parts += _grid([p for p in properties if p not in limits], evidences, verdicts, footnotes)
+    if limits:
+        parts.append("<h2>Components &times; resource limits</h2>")
+        parts += _grid(limits, evidences, verdicts, footnotes)
     if failures:
         parts.append("<h2>Failures</h2>"
                      '<table class="wide"><colgroup><col style="width:4%">'

@@ -120,3 +120,34 @@ def format_diffs(diffs: list[dict], limit: int = 20) -> str:
     if len(diffs) > limit:
         lines.append(f"... and {len(diffs) - limit} more")
     return "; ".join(lines)
+
+
+def resource_diffs(processes: list[dict], expected_for, proc_root: str = "/proc",
+                   cgroup_root: str = "/sys/fs/cgroup", host: dict | None = None) -> list[dict]:
+    """Every live limit of each process that differs from what it must be.
+
+    expected_for(process) gives the process's expected limits (live_limits.expected_limits),
+    or None when nothing is promised for it. One diff per process and limit, field
+    `resources.<limit>` (e.g. resources.memory.max), with the expected and observed values as
+    the kernel shows them. A process that exited meanwhile has no diff.
+    """
+    from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits import (
+        compare_limits,
+        host_facts,
+        read_live,
+    )
+
+    host = host or host_facts(proc_root, cgroup_root)
+    diffs = []
+    for process in processes:
+        expected = expected_for(process)
+        if not expected:
+            continue
+        live, cgroups = read_live([process["pid"]], proc_root, cgroup_root)
+        if not live:
+            continue
+        for result in compare_limits(expected, live, cgroups, host):
+            if not result["passed"]:
+                diffs.append(_diff(process, None, f"resources.{result['name']}",
+                                   result["expected"], result["observed"][0]))
+    return diffs

@@ -18,6 +18,13 @@ description:
     (C(systemd-analyze security --json=short)), and per process and thread the uids,
     capabilities, NoNewPrivs, seccomp, namespaces against PID 1's, and file capabilities
     (C(/proc), as M(kernelfence.isolation.process_isolation_info) reads it).
+  - Per component, one check per resource limit its unit sets, the value the kernel shows
+    (the cgroup v2 files C(memory.max), C(memory.high), C(memory.low), C(memory.swap.max),
+    C(pids.max), C(cpu.weight), C(cpu.max), C(io.weight) of each process's cgroup, its
+    C(RLIMIT_NOFILE) and C(RLIMIT_CORE), C(oom_score_adj), and the tmpfs C(size=) on C(/tmp),
+    C(/var/tmp) and C(/dev/shm)) against the value the model's directives make it show
+    (percentages of memory resolved as systemd resolves them). An absent cgroup file (the
+    controller is not enabled) fails its check.
   - Also the versions an auditor asks for, kernel, systemd, libseccomp and cosign.
   - Never changes the host and never reports C(changed); a failed check does not fail the
     module (the report shows it), a component model that does not validate does.
@@ -84,7 +91,7 @@ evidence:
       elements: dict
     checks:
       description: "One per component and property: component, unit, property, command,
-        expected, observed, passed."
+        expected, observed, passed; a resource limit's check also names the directive."
       type: list
       elements: dict
     processes:
@@ -113,6 +120,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import (
     component_checks,
     component_policy,
+    limit_checks,
     module_result,
     validate_attacks,
 )
@@ -125,6 +133,11 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening im
     service_directives,
     threshold,
     uses_wrapper,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits import (
+    expected_limits,
+    host_facts,
+    read_live,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     ProcReader,
@@ -209,6 +222,7 @@ def main():
     found = versions(module, systemctl)
     version = int(found["systemd"].split()[1]) if found["systemd"] else 0
     reader = ProcReader()
+    host = host_facts()
     evidence = {"host": module.params["host"] or os.uname().nodename,
                 "collected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "versions": found, "components": [], "checks": [], "processes": {},
@@ -223,6 +237,9 @@ def main():
         promised = component_policy(
             service_directives(record, version, record.get("client_of")), uses_wrapper(version))
         evidence["checks"] += component_checks(component, facts, scan, promised)
+        evidence["checks"] += limit_checks(
+            component, expected_limits(service_directives(record, version, record.get(
+                "client_of")), host), *read_live([p["pid"] for p in scan["processes"]]), host)
         evidence["components"].append(dict(
             component, exposure=facts["exposure"], band=facts["band"],
             failing=facts["failing"], pids=[p["pid"] for p in scan["processes"]],

@@ -26,6 +26,16 @@ description:
   - A process that exits during the scan is listed in RV(vanished); a field the kernel does not
     have (C(Seccomp_filters) before Linux 5.9, time namespaces before 5.6) is null and named in
     the process's C(missing) list.
+  - With O(resources) each process also gets its live resource limits, read from the kernel
+    only - the limit files of its own cgroup v2 (C(memory.max), C(memory.high), C(memory.low),
+    C(memory.swap.max), C(pids.max), C(cpu.weight), C(cpu.max), C(io.weight); an absent file is
+    a controller not enabled for that cgroup and is null), its C(RLIMIT_NOFILE) and
+    C(RLIMIT_CORE) (C(/proc/PID/limits)), its C(oom_score_adj) and the tmpfs mounted on
+    C(/tmp), C(/var/tmp) and C(/dev/shm) in its mount namespace with its C(size=).
+  - With O(components) (the component model) the live limits of every component whose unit's
+    processes were read are compared with what the model renders into the unit, in
+    RV(limits); percentages of memory are resolved against the host's C(MemTotal) and page size
+    the way systemd resolves them.
 author: kernelfence contributors (@kernelfence)
 attributes:
   check_mode:
@@ -73,6 +83,24 @@ options:
     description: Where C(/proc) is; tests point it at a recorded tree.
     type: path
     default: /proc
+  resources:
+    description:
+      - Return each process's live resource limits in C(resources).
+      - Default (unset) is on when O(units), O(pids) or O(components) are given and off for a
+        host-wide scan.
+    type: bool
+  components:
+    description:
+      - The component model (C(kernelfence_components)), as the roles take it. The live limits
+        of each component whose unit's processes were read are compared with the model in
+        RV(limits). Does not fail on a difference (see M(kernelfence.isolation.isolation_assert)).
+    type: list
+    elements: dict
+  cgroup_root:
+    description: Where the cgroup file system is mounted (its C(unified) directory is used on a
+      hybrid hierarchy); tests point it at a recorded tree.
+    type: path
+    default: /sys/fs/cgroup
 """
 
 EXAMPLES = r"""
@@ -169,6 +197,34 @@ processes:
       description: What could not be read and why.
       type: list
       elements: str
+    resources:
+      description: With O(resources), the live limits - C(cgroup) (the cgroup v2 path),
+        C(cgroup_files) (each limit file's value as the kernel shows it, null when the file is
+        absent because its controller is not enabled), C(rlimits) (C(RLIMIT_NOFILE) and
+        C(RLIMIT_CORE) as C(SOFT:HARD)), C(oom_score_adj), C(mounts) (per scratch path the
+        C(fstype) and C(size) option of what is mounted there, null when nothing is).
+      type: dict
+      returned: when O(resources) is on
+      sample: {cgroup: /system.slice/kf-executor.service,
+               cgroup_files: {memory.max: "536870912", pids.max: "128", io.weight: "default 25"},
+               rlimits: {RLIMIT_NOFILE: "1024:1024", RLIMIT_CORE: "0:0"}, oom_score_adj: "500",
+               mounts: {/tmp: {fstype: tmpfs, size: 65536k}}}
+limits:
+  description: With O(components), per component whose unit's processes were read, its
+    C(unit), C(pids), C(passed) and C(checks), one per limit the unit sets - C(name) (the cgroup
+    file, C(RLIMIT_NOFILE), C(RLIMIT_CORE), C(oom_score_adj) or C(tmpfs PATH)), C(directive)
+    (what the model renders), C(expected) (as the kernel shows it), C(observed) (the distinct
+    values over the processes) and C(passed).
+  returned: always
+  type: dict
+  sample: {executor: {unit: kf-executor.service, pids: [812], passed: false, checks: [
+           {name: memory.max, directive: MemoryMax=512M, expected: "536870912",
+            observed: [max], passed: false}]}}
+host:
+  description: With O(components), what percentages were resolved against - C(memory) (bytes),
+    C(page_size), C(tasks_max) (the system's task maximum as systemd computes it).
+  returned: always
+  type: dict
 capability_format:
   description: C(compact) when full and empty sets are the words C(all) and C(none),
     C(names) when every set is a list of names.
@@ -194,10 +250,44 @@ units:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kernelfence.isolation.plugins.module_utils.component_model import (
+    ModelError,
+    normalize_components,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits import (
+    component_limits,
+    host_facts,
+    read_live,
+)
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     ProcReader,
     unit_pids,
 )
+
+
+def add_resources(processes: list[dict], proc_root: str, cgroup_root: str) -> None:
+    """Each process's live limits as its `resources` (processes that exited meanwhile: null)."""
+    live, cgroups = read_live([p["pid"] for p in processes], proc_root, cgroup_root)
+    by_pid = {p["pid"]: p for p in live}
+    for process in processes:
+        found = by_pid.get(process["pid"])
+        cgroup = cgroups.get(found["cgroup"]) if found and found["cgroup"] else None
+        process["resources"] = None if found is None else {
+            "cgroup": found["cgroup"],
+            "cgroup_files": cgroup["files"] if cgroup and cgroup["exists"] else None,
+            "rlimits": found["rlimits"], "oom_score_adj": found["oom_score_adj"],
+            "mounts": found["mounts"]}
+
+
+def model_limits(records: list[dict], processes: list[dict], units: dict, proc_root: str,
+                 cgroup_root: str) -> tuple[dict, dict]:
+    """(per component the comparison of its live limits with the model, the host facts)."""
+    by_unit: dict[str, list[int]] = {u: list(v["pids"]) for u, v in units.items()}
+    for process in processes:
+        if process.get("unit") and process["unit"] not in units:
+            by_unit.setdefault(process["unit"], []).append(process["pid"])
+    host = host_facts(proc_root, cgroup_root)
+    return component_limits(records, by_unit, proc_root, cgroup_root, host), host
 
 
 def main():
@@ -209,10 +299,19 @@ def main():
             "compact_capabilities": {"type": "bool"},
             "threads": {"type": "bool", "default": True},
             "proc_root": {"type": "path", "default": "/proc"},
+            "resources": {"type": "bool"},
+            "components": {"type": "list", "elements": "dict"},
+            "cgroup_root": {"type": "path", "default": "/sys/fs/cgroup"},
         },
         supports_check_mode=True,
     )
     params = module.params
+    records = None
+    if params["components"] is not None:
+        try:
+            records = normalize_components(params["components"])
+        except ModelError as exc:
+            module.fail_json(msg=f"components: {exc}")
     host_wide = params["all"] or not (params["units"] or params["pids"])
     compact = params["compact_capabilities"]
     if compact is None:
@@ -236,7 +335,16 @@ def main():
     if not params["threads"]:
         for process in result["processes"]:
             process.pop("threads")
-    module.exit_json(changed=False, units=units,
+    resources = params["resources"]
+    if resources is None:
+        resources = not host_wide or records is not None
+    if resources:
+        add_resources(result["processes"], params["proc_root"], params["cgroup_root"])
+    limits, host = {}, {}
+    if records is not None:
+        limits, host = model_limits(records, result["processes"], units, params["proc_root"],
+                                    params["cgroup_root"])
+    module.exit_json(changed=False, units=units, limits=limits, host=host,
                      capability_format="compact" if compact else "names",
                      cap_last_cap=reader.cap_last_cap, **result)
 

@@ -18,6 +18,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.audit import
     html_report,
     judge_attack,
     junit_xml,
+    limit_checks,
     module_result,
     validate_attacks,
 )
@@ -27,6 +28,12 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     service_directives,
     uses_wrapper,
+)
+from ansible_collections.kernelfence.isolation.plugins.module_utils.live_limits import (
+    LIMIT_NAMES,
+    expected_limits,
+    host_facts,
+    read_live,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.proc_isolation import (
     ProcReader,
@@ -335,3 +342,54 @@ def test_checks_same_on_compact_capability_records(role):
     assert words == ({"none"} if role != "ambient" else set())  # ambient holds no empty set
     assert (component_checks(component, UNIT_OK, compact, promised)
             == component_checks(component, UNIT_OK, names, promised))
+
+
+# Recorded processes with known limits and the cgroup v2 tree they are read against
+# (tools/record_limits_fixtures.py).
+LIMITS = Path(__file__).parent / "fixtures/limits"
+LIMIT_ROLES = json.loads((LIMITS / "roles.json").read_text())["roles"]
+
+
+def limit_evidence(role: str, name: str = "executor") -> list[dict]:
+    """The audit's limit checks of a recorded process against the example executor's unit."""
+    proc, cgroup = str(LIMITS / "proc"), str(LIMITS / "cgroup")
+    host = host_facts(proc, cgroup, 4096)
+    expected = expected_limits(service_directives(RECORDS[name], 252, None), host)
+    return limit_checks({"name": "orchestrator", "unit": "kf-orchestrator.service"}, expected,
+                        *read_live([LIMIT_ROLES[role]], proc, cgroup), host)
+
+
+def test_limit_checks_pass_on_matching_limits_and_name_each_loosened_one():
+    good = {c["property"]: c for c in limit_evidence("bounded")}
+    assert list(good) == list(LIMIT_NAMES) and all(c["passed"] for c in good.values())
+    bad = {c["property"]: c for c in limit_evidence("loosened")}
+    assert not bad["memory.max"]["passed"]
+    assert (bad["memory.max"]["expected"], bad["memory.max"]["observed"]) == ("536870912", ["max"])
+    assert bad["memory.max"]["command"] == "cat /sys/fs/cgroup/$(cgroup of PID)/memory.max"
+    assert bad["RLIMIT_CORE"]["command"] == "grep 'Max core file size' /proc/PID/limits"
+    missing = {c["property"]: c for c in limit_evidence("nocontrollers")}
+    assert missing["io.weight"]["observed"] == ["absent: io controller not enabled"]
+    assert not missing["io.weight"]["passed"]
+
+
+def test_report_has_a_column_per_limit_and_prints_each_failed_one():
+    evidence = {"host": "kf12", "versions": {"kernel": "6.1.0", "systemd": "systemd 252",
+                                             "libseccomp": "2.5.4-1", "cosign": None},
+                "components": [], "attacks": [],
+                "checks": [*checks_for("seccomp").values(), *limit_evidence("loosened")]}
+    page = html_report([evidence])
+    grid = page.split("Components &times; resource limits", 1)[1].split("</table>", 1)[0]
+    headers = re.findall(r'<th class="prop"><span>([^<]*)</span></th>', grid)
+    assert headers == [html.escape(n) for n in LIMIT_NAMES]
+    # The isolation grid keeps its own columns only.
+    first = page.split("Components &times; properties", 1)[1].split("</table>", 1)[0]
+    assert "memory.max" not in first and "NoNewPrivs" in first
+    failures = page.split("<h2>Failures</h2>", 1)[1].split("</table>", 1)[0]
+    row = next(r for r in failures.split("<tr") if ">memory.max<" in r)
+    assert '<td class="text expected">536870912</td>' in row
+    assert '<td class="text observed">[&quot;max&quot;]</td>' in row
+    root = ElementTree.fromstring(junit_xml(evidence))
+    cases = {c.get("name"): c for c in root.findall("testsuite/testcase")}
+    assert cases["pids.max"].find("failure").get("message") == \
+        'expected 128, observed ["max"]'
+    assert cases["memory.low"].find("failure") is None

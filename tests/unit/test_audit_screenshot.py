@@ -83,15 +83,16 @@ def test_all_green_report_has_no_red_cells(tmp_path):
 
 # Measured in the page by chromium itself (no pixel guessing): the window's width, how far the
 # document scrolls sideways, each table's right edge, and every grid cell whose content is
-# wider than the cell (cut or spilling) or whose text is smaller than 10 px.
+# wider than the cell (cut or spilling) or whose text is smaller than 10 px, in every grid
+# (the isolation properties and the resource limits).
 MEASURE = """<script>
 const out = {width: window.innerWidth, scroll: document.documentElement.scrollWidth,
              tables: [], cut: [], small: []};
 document.querySelectorAll("table").forEach((t, i) => {
   out.tables.push({index: i, right: Math.ceil(t.getBoundingClientRect().right)});
 });
-const grid = document.querySelector("table");
-grid.querySelectorAll("th, td").forEach(cell => {
+document.querySelectorAll("table.grid").forEach(grid => grid.querySelectorAll("th, td")
+.forEach(cell => {
   const box = cell.getBoundingClientRect();
   const text = cell.textContent.trim();
   if (cell.scrollWidth > cell.clientWidth + 1) out.cut.push(text);
@@ -101,7 +102,7 @@ grid.querySelectorAll("th, td").forEach(cell => {
         || r.bottom > box.bottom + 1) out.cut.push(text);
   });
   if (parseFloat(getComputedStyle(cell).fontSize) < 10) out.small.push(text);
-});
+}));
 document.body.innerHTML = '<pre id="measure">' + JSON.stringify(out) + "</pre>";
 </script>"""
 
@@ -123,17 +124,20 @@ def measure(page: str, tmp_path: Path, width: int) -> dict:
 
 def wide_evidences() -> list[dict]:
     """Three hosts with long names, 252 (wrapper: the extra PID namespace column) and 257, the
-    failing recorded processes (every failed cell carries a footnote number)."""
+    failing recorded processes (every failed cell carries a footnote number), and a column per
+    resource limit (a loosened, a bounded and a controller-less recorded process)."""
     evidences = []
-    for host, role in (("kf-debian12-lab-01.example.internal", "seccomp"),
-                       ("kf-debian13-lab-02.example.internal", "ambient"),
-                       ("kf-debian12-lab-03.example.internal", "threads")):
+    for host, role, limits in (("kf-debian12-lab-01.example.internal", "seccomp", "loosened"),
+                               ("kf-debian13-lab-02.example.internal", "ambient", "bounded"),
+                               ("kf-debian12-lab-03.example.internal", "threads",
+                                "nocontrollers")):
         evidence = test_audit.evidence(host, role)
         wrapper = dict(evidence["checks"][0], property="ns pid (workload)",
                        command="readlink /proc/PID/ns/pid (vs PID 1)", passed=False,
                        expected="workload in a private PID namespace", observed=[])
         evidence["checks"] = [dict(c, component="model_backend_inference_server")
-                              for c in [*evidence["checks"], wrapper]]
+                              for c in [*evidence["checks"], wrapper,
+                                        *test_audit.limit_evidence(limits)]]
         evidences.append(evidence)
     return evidences
 

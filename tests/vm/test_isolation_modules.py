@@ -9,6 +9,9 @@ import json
 from xml.etree import ElementTree
 
 import pytest
+from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
+    parse_size,
+)
 from conftest import REPO, ns_ids, proc_status, run_playbook, systemd_version
 from test_bad_input import newer_directive
 
@@ -151,3 +154,96 @@ def test_audit_writes_evidence_junit_and_report(host, run):
     assert "<th>without confinement</th>" in page and "NOT blocked" not in page
     assert '<span class="good">all passed</span>' in page and "control FAILED" not in page
     assert "(UTC) by kernelfence.isolation " in page
+
+
+def model_limits(record):
+    """What the kernel must show for each limit of a component of the example model, worked
+    out here from the model's own values (every one absolute, whole pages), not by the
+    collection's code."""
+    res = record["resources"]
+
+    def size(value):
+        return "max" if value in (None, "infinity") else str(int(parse_size("x", value)[1]))
+
+    tmp = f"tmpfs size={int(parse_size('x', res['tmp_size'])[1]) // 1024}k"
+    nofile = str(res["limit_nofile"])
+    soft, _sep, hard = nofile.partition(":")
+    return {"memory.max": size(res["memory_max"]), "memory.high": size(res["memory_high"]),
+            "memory.low": "0" if res["memory_low"] is None else size(res["memory_low"]),
+            "memory.swap.max": size(res["memory_swap_max"]), "pids.max": str(res["tasks_max"]),
+            "cpu.weight": str(res["cpu_weight"]),
+            "cpu.max": "max 100000" if res["cpu_quota"] is None
+            else f"{int(res['cpu_quota'].rstrip('%')) * 1000} 100000",
+            "io.weight": f"default {res['io_weight']}",
+            "RLIMIT_NOFILE": f"{soft}:{hard or soft}", "RLIMIT_CORE": "0:0",
+            "oom_score_adj": str(res["oom_score_adjust"]),
+            "tmpfs /tmp": tmp, "tmpfs /var/tmp": tmp, "tmpfs /dev/shm": tmp}
+
+
+def test_info_reports_the_live_limits_of_the_model(host, run, components):
+    """process_isolation_info reads each component's limits from its cgroup, /proc/PID/limits,
+    oom_score_adj and mountinfo; they equal the model, and an independent reading over SSH
+    shows the same values."""
+    info = run["results"]["info"]
+    by_name = {r["name"]: r for r in components}
+    for unit in UNITS:
+        name = unit.removeprefix("kf-").removesuffix(".service")
+        want = model_limits(by_name[name])
+        result = info["limits"][name]
+        assert result["unit"] == unit and result["pids"] == info["units"][unit]["pids"]
+        checks = {c["name"]: c for c in result["checks"]}
+        assert set(checks) == set(want), (unit, sorted(checks))
+        for limit, value in want.items():
+            assert checks[limit]["expected"] == value, (unit, limit, checks[limit])
+            assert checks[limit]["observed"] == [value], (unit, limit, checks[limit])
+        assert result["passed"], result
+        control_group = info["units"][unit]["control_group"]
+        for pid in result["pids"]:
+            record = next(p for p in info["processes"] if p["pid"] == pid)["resources"]
+            assert record["cgroup"] == control_group
+            for limit in ("memory.max", "memory.high", "memory.low", "memory.swap.max",
+                          "pids.max", "cpu.weight", "cpu.max"):
+                shown = host.run("cat /sys/fs/cgroup%s/%s", control_group, limit).stdout.strip()
+                assert record["cgroup_files"][limit] == shown == want[limit], (unit, limit)
+            io = host.run("cat /sys/fs/cgroup%s/io.weight", control_group).stdout
+            assert want["io.weight"] in io.splitlines()
+            limits = host.run("cat /proc/%s/limits", str(pid)).stdout
+            row = next(ln for ln in limits.splitlines() if ln.startswith("Max open files"))
+            assert ":".join(row.split()[3:5]) == want["RLIMIT_NOFILE"] \
+                == record["rlimits"]["RLIMIT_NOFILE"]
+            assert host.run("cat /proc/%s/oom_score_adj", str(pid)).stdout.strip() \
+                == want["oom_score_adj"] == record["oom_score_adj"]
+            for path in ("/tmp", "/var/tmp", "/dev/shm"):
+                mounts = host.run("grep ' %s ' /proc/%s/mountinfo", path, str(pid)).stdout
+                last = mounts.strip().splitlines()[-1]
+                assert " - tmpfs " in last and want[f"tmpfs {path}"].split()[1] in last, \
+                    (unit, path, mounts)
+                assert record["mounts"][path]["size"] == want[f"tmpfs {path}"].split("=")[1]
+
+
+def test_assert_passes_the_model_limits_and_names_each_loosened_one(run):
+    ok = run["results"]["assert_limits"]
+    assert not ok.get("failed") and ok["violations"] == [] and len(ok["checked"]) >= 3, ok
+    bad = run["results"]["assert_loosened_limits"]
+    assert bad["failed"], bad
+    fields = {v["field"]: v for v in bad["violations"]}
+    # A transient unit without limits: no memory bound, systemd's default task bound, the
+    # host's /tmp, the manager's descriptor limit.
+    assert (fields["resources.memory.max"]["expected"],
+            fields["resources.memory.max"]["observed"]) == ("536870912", "max")
+    assert fields["resources.pids.max"]["expected"] == "128"
+    assert fields["resources.pids.max"]["observed"] != "128"
+    assert fields["resources.tmpfs /tmp"]["observed"] != "tmpfs size=65536k"
+    assert "resources.memory.max: expected 536870912, observed max" in bad["msg"]
+
+
+def test_audit_has_a_passing_check_per_limit_and_the_limits_grid(run):
+    evidence = json.loads((run["audit"] / f"{run['host']}.json").read_text())
+    for name in ("orchestrator", "executor", "model_backend"):
+        limits = {c["property"]: c for c in evidence["checks"]
+                  if c["component"] == name and "directive" in c}
+        assert {"memory.max", "pids.max", "RLIMIT_NOFILE", "tmpfs /tmp"} <= set(limits), name
+        assert all(c["passed"] for c in limits.values()), limits
+    page = (run["audit"] / "report.html").read_text()
+    assert "Components &times; resource limits" in page
+    assert '<th class="prop"><span>memory.max</span></th>' in page
