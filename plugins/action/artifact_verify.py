@@ -35,7 +35,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.sbom import 
 # Controller libraries, imported here only to know whether they are there (module_utils imports
 # them where they are used): a missing one fails the task naming it and the install command.
 try:
-    import cryptography  # noqa: F401
+    import cryptography  # noqa: F401  # pylint: disable=unused-import
 except ImportError:
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()
@@ -43,7 +43,7 @@ else:
     HAS_CRYPTOGRAPHY = True
     CRYPTOGRAPHY_IMPORT_ERROR = None
 try:
-    import sigstore  # noqa: F401
+    import sigstore  # noqa: F401  # pylint: disable=unused-import
 except ImportError:
     HAS_SIGSTORE = False
     SIGSTORE_IMPORT_ERROR: str | None = traceback.format_exc()
@@ -51,8 +51,9 @@ else:
     HAS_SIGSTORE = True
     SIGSTORE_IMPORT_ERROR = None
 try:
-    import cyclonedx  # noqa: F401
-    import jsonschema  # noqa: F401  (cyclonedx-python-lib's json-validation extra)
+    # jsonschema: cyclonedx-python-lib's json-validation extra
+    import cyclonedx  # noqa: F401  # pylint: disable=unused-import
+    import jsonschema  # noqa: F401  # pylint: disable=unused-import
 except ImportError:
     HAS_CYCLONEDX = False
     CYCLONEDX_IMPORT_ERROR: str | None = traceback.format_exc()

@@ -449,7 +449,7 @@ def normalize_artifacts(component: str, raw: list | None, bin_root: str) -> list
                 # empty identity (so every signer of the trusted root) is refused here already.
                 problem = identity_regexp_problem(str(entry["certificate_identity_regexp"]))
                 if problem:
-                    what, _, fix = problem.rpartition("; ")
+                    what, _sep, fix = problem.rpartition("; ")
                     _fail(component, f"{field}.certificate_identity_regexp", what, fix)
             for required in ("certificate_oidc_issuer", "trusted_root"):
                 if not entry.get(required):

@@ -203,7 +203,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.verified_ins
 )
 
 try:
-    import cryptography  # noqa: F401
+    import cryptography  # noqa: F401  # pylint: disable=unused-import
 except ImportError:
     HAS_CRYPTOGRAPHY = False
     CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()

@@ -493,7 +493,7 @@ def main():
         # so the role's handler runs it.
         "changed": bool(writes or removals or reload_owed or enabled_now or started
                         or restart_needed
-                        or any(program is None for program, _ in programs.values())),
+                        or any(program is None for program, _unknown in programs.values())),
         "changed_units": changed_units,
         "started": started,
         "enabled": enabled_now,

@@ -293,4 +293,4 @@ def test_start_path_goal_and_table_from_a_real_run_on_this_machine():
     assert f"| {run['median_ms']['bwrap']} | {run['median_ms']['hardened_start']} | " in row
     # a setting without a measurement is left out of the start-path table
     assert not any(line.startswith("| nspawn machine, no systemd job")
-               for line in text.splitlines())
+                   for line in text.splitlines())

@@ -156,8 +156,8 @@ def test_artifact_install_failing_after_the_switch_reports_changed(tmp_path):
     (root / "inventory.json").mkdir(parents=True)  # the inventory cannot be written
     result = run_module("artifact_verify", {
         "install_root": str(root), "pending_dir": str(tmp_path / "pending"), "items": [
-        {"component": "executor", "name": "tool", "version": "2.0", "sha256": digest,
-         "staged": str(staged)}]}, tmp_path)
+            {"component": "executor", "name": "tool", "version": "2.0", "sha256": digest,
+             "staged": str(staged)}]}, tmp_path)
     assert result["failed"] is True
     assert result["msg"].startswith(f"installing under {root} failed: [Errno 21] Is a directory")
     assert result["changed"] is True

@@ -239,8 +239,8 @@ def test_missing_cargo_is_named_with_what_to_install(monkeypatch, tmp_path):
 
 def test_progress_ticks_with_the_step_and_its_elapsed_time(capsys):
     with common.Progress(interval=0.2) as progress:
-        step = progress.background("compile", lambda: subprocess.run(["sleep", "0.9"],
-                                                                      check=True))
+        step = progress.background(
+            "compile", lambda: subprocess.run(["sleep", "0.9"], check=True))
         step.join()
     err = capsys.readouterr().err
     ticks = [line for line in err.splitlines() if "running: compile (" in line]

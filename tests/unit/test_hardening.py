@@ -72,7 +72,7 @@ def test_wrapper_on_252_admits_only_its_namespaces(records):
 def test_252_checks_the_compiled_program_then_hands_it_to_bubblewrap_without_python(records):
     rec = records["executor"]
     lines = exec_lines(rec, 252)
-    assert [k for k, _ in lines] == ["ExecStartPre", "ExecStart"]
+    assert [key for key, _value in lines] == ["ExecStartPre", "ExecStart"]
     assert lines[0][1] == ("/usr/bin/sha256sum --check --quiet --strict "
                            "/etc/kernelfence/executor/seccomp.bpf.sha256")
     start = lines[1][1]

@@ -57,9 +57,9 @@ def fixes(msg):
     """(library, python, install command) of each reason of a joined message."""
     out = []
     for part in msg.split(" | "):
-        head, _, fix = part.partition(". Fix: ")
+        head, _sep, fix = part.partition(". Fix: ")
         assert head.startswith("Failed to import the required Python library ("), part
-        python, _, install = fix.partition(" ")
+        python, _sep, install = fix.partition(" ")
         assert Path(python).name.startswith("python") and Path(python).parent == BIN  # ansible's
         out.append((head.split("(", 1)[1].split(")", 1)[0], install))
     return out

@@ -113,7 +113,7 @@ def test_profiles_the_compiler_refuses_name_the_field(profile, change, message):
 
 
 def test_checksum_file_covers_program_and_profile(tmp_path, profile):
-    program, _ = compile_bpf(profile)
+    program, _unknown = compile_bpf(profile)
     text = json.dumps(profile)
     sums = bpf_checksums(f"{tmp_path}/p.bpf", program, f"{tmp_path}/p.json", text)
     (tmp_path / "p.bpf").write_bytes(program)
@@ -160,7 +160,7 @@ def deployed(profile):
               "command": f"{SYSTEM_PYTHON} -I -c {shlex.quote(PROBE).replace('$', '$$')}"}
     files = seccomp_files(root)
     text = json.dumps(profile, indent=2)
-    program, _ = compile_bpf(profile)
+    program, _unknown = compile_bpf(profile)
     Path(files["profile"]).write_text(text)
     Path(files["bpf"]).write_bytes(program)
     Path(files["checksums"]).write_text(
@@ -175,7 +175,7 @@ def deployed(profile):
 
 def test_workload_runs_under_the_compiled_filter_with_stdin_kept(deployed):
     _record, files, lines = deployed
-    assert [k for k, _ in lines] == ["ExecStartPre", "ExecStart"]
+    assert [key for key, _value in lines] == ["ExecStartPre", "ExecStart"]
     assert "python3 -I /usr/libexec" not in lines[1][1]  # no interpreter before bubblewrap
     result = start(lines)
     assert result.returncode == 0, result.stderr

@@ -66,7 +66,7 @@ def item(tmp_path, content):
 
 def install(tmp_path, content):
     """The files as a previous run left them."""
-    program, _ = compile_bpf(json.loads(content))
+    program, _unknown = compile_bpf(json.loads(content))
     (tmp_path / "units").mkdir(exist_ok=True)
     (tmp_path / "units/kf-probe.service").write_text(UNIT)
     (tmp_path / "seccomp.json").write_text(content)
