@@ -377,10 +377,13 @@ def storage_mounts(record: dict, image_root: str) -> list[dict]:
     return out
 
 
-def mount_unit(mount: dict) -> str:
-    """The text of the .mount unit for one bounded path."""
+def mount_unit(mount: dict, uid: int | None = None, gid: int | None = None) -> str:
+    """The text of the .mount unit for one bounded path (a tmpfs belongs to the component's
+    uid and gid from the moment it is mounted, a boot included: the module resolves them)."""
     if mount["type"] == "tmpfs":
-        what, options = "tmpfs", f"size={mount['size']},mode={mount['mode']},nosuid,nodev"
+        owner = "" if uid is None or gid is None else f",uid={uid},gid={gid}"
+        what = "tmpfs"
+        options = f"size={mount['size']},mode={mount['mode']}{owner},nosuid,nodev"
     else:
         what, options = mount["image"], "loop,nosuid,nodev"
     return "\n".join([

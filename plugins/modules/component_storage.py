@@ -106,14 +106,14 @@ def _create_image(module: AnsibleModule, mount: dict, uid: int, gid: int) -> Non
     os.rename(image + ".new", image)
 
 
-def _copy_existing(module: AnsibleModule, mount: dict) -> bool:
+def _copy_existing(module: AnsibleModule, mount: dict, image: str) -> bool:
     """Copy what the path holds into the new image (mounted on a private temporary directory)."""
     path = mount["path"]
     if not os.path.isdir(path) or not os.listdir(path):
         return False
     scratch = tempfile.mkdtemp(prefix="kf-storage-")
     try:
-        _run(module, ["mount", "-o", "loop", mount["image"], scratch])
+        _run(module, ["mount", "-o", "loop", image, scratch])
         try:
             _run(module, ["cp", "-a", "--", f"{path}/.", scratch])
         finally:
@@ -149,10 +149,21 @@ def _apply(module: AnsibleModule, mount: dict, unit_dir: str) -> dict:
     elif image:
         done["created_image"] = True
         if not check:
-            _create_image(module, mount, uid, gid)
-            done["copied"] = not _mounted(mount["path"]) and _copy_existing(module, mount)
+            # The image takes its final name only once it holds the path's files: a failed
+            # copy (more data than the size) leaves no image that a later run would mount
+            # over the data as if it were complete.
+            staged = image + ".staged"
+            _create_image(module, {**mount, "image": staged}, uid, gid)
+            try:
+                done["copied"] = (not _mounted(mount["path"])
+                                  and _copy_existing(module, mount, staged))
+            except BaseException:
+                if os.path.exists(staged):
+                    os.unlink(staged)
+                raise
+            os.rename(staged, image)
     unit_path = os.path.join(unit_dir, mount["unit"])
-    text = mount_unit(mount)
+    text = mount_unit(mount, uid, gid) if uid or gid else mount_unit(mount)
     try:
         with open(unit_path, encoding="utf-8") as handle:
             before = handle.read()

@@ -173,3 +173,20 @@ def test_defaults_fit_a_2_gib_host_and_every_profile_validates():
     # Executor first, model backend and orchestrator last.
     assert int(executor["oom_score_adjust"]) > 0 > int(backend["oom_score_adjust"])
     assert int(backend["cpu_weight"]) > int(executor["cpu_weight"])
+
+
+def test_a_tmpfs_bound_belongs_to_the_component_from_its_mount(tmp_path):
+    """A size-bounded path under /run is a tmpfs the mount unit recreates at every boot: its
+    owner must be in the unit's options, not only set by the play (review finding)."""
+    record = normalize_components([{"name": "executor", "profile": "executor",
+                                    "state_paths": ["/run/kernelfence/spool"]}])[0]
+    mount = next(m for m in storage_mounts(record, "/x") if m["type"] == "tmpfs")
+    text = mount_unit(mount, 998, 997)
+    options = next(line for line in text.splitlines() if line.startswith("Options="))
+    assert ",uid=998,gid=997," in options, options
+    assert "uid=" not in mount_unit(mount)  # control: without the ids, no owner is claimed
+    path = tmp_path / mount["unit"]
+    path.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)],
+                          capture_output=True, text=True, check=False)
+    assert "ignoring" not in proc.stderr, proc.stderr
