@@ -57,6 +57,7 @@ def test_bad_fragment_fails_the_lint_naming_file_and_fault(tmp_path, fragment, m
     shutil.copy2(REPO / "galaxy.yml", tmp_path / "galaxy.yml")
     shutil.copytree(REPO / "changelogs", tmp_path / "changelogs")
     assert _lint(tmp_path, "lint").returncode == 0  # the copy is clean before the bad fragment
+    (tmp_path / "changelogs" / "fragments").mkdir(exist_ok=True)  # git keeps no empty folder
     (tmp_path / "changelogs" / "fragments" / "bad.yml").write_text(fragment)
     proc = _lint(tmp_path, "lint")
     assert proc.returncode != 0
