@@ -21,6 +21,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     missing_named_units,
     normalize_components,
     restart_targets,
+    wrapper_capability_problems,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     directive_reasons,
@@ -154,5 +155,6 @@ class FilterModule:
             "identity_requirements": identity_requirements,
             "missing_identities": missing_identities,
             "restart_targets": restart_targets,
+            "wrapper_capability_problems": wrapper_capability_problems,
             "missing_named_units": missing_named_units,
         }

@@ -18,6 +18,7 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.artifact_ver
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import (
     MAX_SOCKETS,
+    NATIVE_PID_NAMESPACE,
 )
 from ansible_collections.kernelfence.isolation.plugins.module_utils.resource_limits import (
     FIELDS as RESOURCE_FIELDS,
@@ -667,6 +668,21 @@ def restart_targets(records: list[dict], changed: list[str]) -> list[str]:
         if unit:
             out.append(f"{'own' if rec.get('unit') else 'ours'}:{unit}")
     return out
+
+
+def wrapper_capability_problems(records: list[dict], systemd_version: int) -> list[str]:
+    """One sentence per component granted capabilities on a systemd that lacks PrivatePIDs=:
+    there the bubblewrap wrapper runs every workload with --cap-drop ALL, so the capability
+    would be void (and bubblewrap refuses to start a workload with ambient capabilities)."""
+    if systemd_version >= NATIVE_PID_NAMESPACE:
+        return []
+    return [f"kernelfence_components[{rec['name']}].capabilities: "
+            f"{' '.join(rec['capabilities'])} cannot be granted on systemd {systemd_version}: "
+            "the bubblewrap wrapper that gives the component its PID namespace there drops "
+            "every capability (and refuses ambient ones). Fix: run the component on systemd "
+            ">= 257 (Debian 13), or serve the privileged operation from a unit outside the "
+            "model"
+            for rec in records if rec.get("capabilities")]
 
 
 def units_not_loaded(show_output: str) -> dict[str, str]:

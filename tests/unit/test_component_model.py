@@ -8,7 +8,9 @@ from ansible_collections.kernelfence.isolation.plugins.module_utils.component_mo
     ModelError,
     directories,
     normalize_components,
+    wrapper_capability_problems,
 )
+from ansible_collections.kernelfence.isolation.plugins.module_utils.hardening import wrapper_argv
 
 CASES = yaml.safe_load((Path(__file__).parent / "fixtures/component_model_cases.yml").read_text())
 
@@ -146,3 +148,21 @@ def test_identity_requirements_and_the_message_for_what_is_missing():
         "Nothing was changed. Fix: run the kernelfence.isolation.component_identity role first, "
         "with the same kernelfence_components (before kernelfence.isolation.component_unit in "
         "the same play, or use playbooks/site.yml)")
+
+
+def test_capabilities_on_a_systemd_without_private_pids_are_refused_naming_the_component():
+    """Before 257 bubblewrap runs every workload with --cap-drop ALL (hardening.wrapper_argv):
+    a granted capability would be void there, so the preflight refuses it (review finding)."""
+    records = normalize_components([
+        {"name": "binder", "profile": "custom", "command": "/usr/bin/true",
+         "capabilities": ["CAP_NET_BIND_SERVICE"]},
+        {"name": "plain", "profile": "custom", "command": "/usr/bin/true"}])
+    problems = wrapper_capability_problems(records, 252)
+    assert problems == [
+        "kernelfence_components[binder].capabilities: CAP_NET_BIND_SERVICE cannot be granted on "
+        "systemd 252: the bubblewrap wrapper that gives the component its PID namespace there "
+        "drops every capability (and refuses ambient ones). Fix: run the component on systemd "
+        ">= 257 (Debian 13), or serve the privileged operation from a unit outside the model"]
+    assert "--cap-drop" in wrapper_argv() and "ALL" in wrapper_argv()
+    assert wrapper_capability_problems(records, 257) == []  # native PrivatePIDs=, no wrapper
+    assert wrapper_capability_problems(records[1:], 252) == []  # nothing granted

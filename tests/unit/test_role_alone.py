@@ -60,7 +60,8 @@ def test_role_alone_without_the_identity_fails_before_any_write(tmp_path, role):
     check, naming the component, what is missing and the fix."""
     assert subprocess.run(["getent", "passwd", "kf-kfprobe-alone"], check=False).returncode == 2
     rc, out = play(tmp_path, role, [ABSENT],
-                   "-e", json.dumps({"__kernelfence_platform": {"nftables": True}}))
+                   "-e", json.dumps({"__kernelfence_platform": {
+                       "nftables": True, "systemd_version": 252}}))
     assert rc == 2, out[-3000:]
     error = first_error(out)
     assert (f"kernelfence.isolation.{role}: the component identities it needs do not exist on "
